@@ -1,0 +1,45 @@
+"""tailguard: estimate, attack and harden the rarest catastrophic failures of neural networks."""
+
+from . import estimators as _estimators  # noqa: F401  (registers the estimators)
+from .dists import Distribution, Gaussian, GaussianMixtureMoments, NoisyEmpirical
+from .errors import (
+    BudgetError,
+    ConfigError,
+    InvalidArgumentError,
+    MissingExtraError,
+    ModelOutputError,
+    ShapeMismatchError,
+    TailguardError,
+    UnsupportedError,
+    WeightsError,
+)
+from .estimate import estimate, log_prob
+from .estimators.base import available as available_methods
+from .result import Estimate
+from .specs import ClassIs, OutputAbove, Predicate, Spec
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BudgetError",
+    "ClassIs",
+    "ConfigError",
+    "Distribution",
+    "Estimate",
+    "Gaussian",
+    "GaussianMixtureMoments",
+    "InvalidArgumentError",
+    "MissingExtraError",
+    "ModelOutputError",
+    "NoisyEmpirical",
+    "OutputAbove",
+    "Predicate",
+    "ShapeMismatchError",
+    "Spec",
+    "TailguardError",
+    "UnsupportedError",
+    "WeightsError",
+    "available_methods",
+    "estimate",
+    "log_prob",
+]

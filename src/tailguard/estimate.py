@@ -1,0 +1,148 @@
+"""``estimate`` and ``log_prob``: the public entry points for estimation."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ._logspace import to_log10
+from .dists.base import Distribution
+from .errors import BudgetError, InvalidArgumentError, UnsupportedError
+from .estimators.auto import choose_method
+from .estimators.base import DifferentiableEstimator, build, settings_of
+from .oracle import ScoreOracle, eval_mode
+from .result import Estimate
+from .specs import Spec
+
+
+def make_generator(seed: int | torch.Generator) -> tuple[torch.Generator, int | None]:
+    """A torch.Generator from a seed (recorded) or a generator passed through (seed unknown)."""
+    if isinstance(seed, torch.Generator):
+        return seed, None
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise InvalidArgumentError(f"seed must be an int or torch.Generator, got {seed!r}")
+    return torch.Generator().manual_seed(seed), seed
+
+
+def _check_common(model: nn.Module, dist: Distribution, spec: Spec) -> None:
+    if not isinstance(model, nn.Module):
+        raise InvalidArgumentError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(dist, Distribution):
+        raise InvalidArgumentError(
+            f"dist must be a tailguard distribution (Gaussian, NoisyEmpirical, ...), "
+            f"got {type(dist).__name__}"
+        )
+    if not isinstance(spec, Spec):
+        raise InvalidArgumentError(
+            f"spec must be a tailguard spec (ClassIs, OutputAbove, Predicate), "
+            f"got {type(spec).__name__}"
+        )
+
+
+@contextmanager
+def _progress_bar(enabled: bool, total: int, label: str) -> Iterator[Any]:
+    """A rich progress bar over model calls, or a no-op callback."""
+    if not enabled:
+        yield None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    with Progress(
+        f"[bold]{label}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), transient=True
+    ) as bar:
+        task = bar.add_task(label, total=total)
+        yield lambda n: bar.advance(task, n)
+
+
+def estimate(
+    model: nn.Module,
+    dist: Distribution,
+    spec: Spec,
+    method: str = "auto",
+    budget: int = 300_000,
+    seed: int | torch.Generator = 0,
+    confidence: float = 0.95,
+    progress: bool = False,
+    **settings: Any,
+) -> Estimate:
+    """Estimate P_{x~D}[C(x, M(x))] with a confidence interval and its cost in model calls.
+
+    ``method`` is "auto" or a registered estimator name ("mc", "is", "splitting",
+    "moments"); ``settings`` are that estimator's hyper-parameters. At most
+    ``budget`` inputs are pushed through the model.
+    """
+    _check_common(model, dist, spec)
+    if not isinstance(budget, int) or isinstance(budget, bool) or budget < 1:
+        raise BudgetError(f"budget must be a positive int, got {budget!r}")
+    if not 0.0 < confidence < 1.0:
+        raise InvalidArgumentError(f"confidence must be in (0, 1), got {confidence!r}")
+    generator, seed_value = make_generator(seed)
+    chosen = choose_method(model, dist, spec, budget) if method == "auto" else method
+    if method == "auto" and settings:
+        raise InvalidArgumentError("settings need an explicit method; with method='auto' give none")
+    estimator = build(chosen, settings)
+    reason = estimator.unsupported_reason(model, dist, spec)
+    if reason is not None:
+        raise UnsupportedError(f"method {chosen!r} cannot be used here: {reason}")
+    if budget < estimator.min_budget():
+        raise BudgetError(
+            f"budget {budget:,} is too small for method {chosen!r}; it needs at least "
+            f"{estimator.min_budget():,} model calls"
+        )
+    start = time.perf_counter()
+    with _progress_bar(progress, budget, f"estimate ({chosen})") as on_calls:
+        oracle = ScoreOracle(model, dist, spec, on_calls=on_calls)
+        outcome = estimator.run(oracle, budget, generator, confidence)
+    seconds = time.perf_counter() - start
+    low, high = outcome.ci
+    return Estimate(
+        log10_p=to_log10(outcome.log_p),
+        ci_log10=(to_log10(low), to_log10(high)),
+        n_model_calls=oracle.n_calls,
+        method=chosen,
+        seconds=seconds,
+        confidence=confidence,
+        seed=seed_value,
+        settings={**settings_of(estimator), "chosen_by": "auto" if method == "auto" else "user"},
+        diagnostics=outcome.diagnostics,
+        warnings=outcome.warnings,
+        heuristic=outcome.heuristic,
+    )
+
+
+def log_prob(
+    model: nn.Module,
+    dist: Distribution,
+    spec: Spec,
+    method: str = "moments",
+    budget: int = 20_000,
+    seed: int | torch.Generator = 0,
+    **settings: Any,
+) -> Tensor:
+    """Differentiable natural-log probability of catastrophe, as a torch scalar.
+
+    Gradients flow to the model's parameters and to D's parameters. ``moments``
+    needs no samples; ``is`` adapts a proposal without gradients, then evaluates
+    the smooth surrogate of the spec on fixed proposal draws.
+    """
+    _check_common(model, dist, spec)
+    generator, _ = make_generator(seed)
+    estimator = build(method, settings)
+    if not isinstance(estimator, DifferentiableEstimator):
+        raise UnsupportedError(f"method {method!r} is not differentiable; use 'moments' or 'is'")
+    reason = estimator.unsupported_reason(model, dist, spec)
+    if reason is not None:
+        raise UnsupportedError(f"method {method!r} cannot be used here: {reason}")
+    with eval_mode(model):
+        value = estimator.log_prob(model, dist, spec, budget, generator)
+    if not math.isfinite(float(value.detach())):
+        # -inf is legitimate (impossible event); NaN never is
+        if math.isnan(float(value.detach())):
+            raise UnsupportedError(f"method {method!r} produced NaN for this model and D")
+    return value

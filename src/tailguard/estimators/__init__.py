@@ -1,0 +1,3 @@
+"""Estimators of P[C]; importing this package registers every one of them."""
+
+from . import mc  # noqa: F401

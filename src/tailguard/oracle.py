@@ -1,0 +1,113 @@
+"""The one place where inputs meet the model: batching, dtype, call counting, checks.
+
+Estimators never call the model directly. They ask a ScoreOracle for scores, so
+model calls are counted the same way everywhere (one call = one input row pushed
+through M) and bad model outputs are caught with a clear error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import Tensor, nn
+
+from .dists.base import Distribution
+from .errors import ModelOutputError, ShapeMismatchError
+from .specs import Spec
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Put the model in eval mode for the duration, restoring its previous mode after."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def model_dtype_device(model: nn.Module) -> tuple[torch.dtype, torch.device]:
+    for p in model.parameters():
+        return p.dtype, p.device
+    return torch.get_default_dtype(), torch.device("cpu")
+
+
+class ScoreOracle:
+    """Scores inputs under (model, spec) and counts model calls.
+
+    ``on_calls(n)`` is called after every batch with the number of rows it cost,
+    which is how progress bars follow long estimates.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        dist: Distribution,
+        spec: Spec,
+        batch_size: int = 32_768,
+        on_calls: Callable[[int], None] | None = None,
+    ):
+        if not isinstance(model, nn.Module):
+            raise ShapeMismatchError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        self.model = model
+        self.dist = dist
+        self.spec = spec
+        self.batch_size = batch_size
+        self.on_calls = on_calls
+        self.n_calls = 0
+        self.dtype, self.device = model_dtype_device(model)
+
+    def _prepare(self, x: Tensor) -> Tensor:
+        if self.dist.is_discrete:
+            return x.to(self.device)
+        return x.to(device=self.device, dtype=self.dtype)
+
+    def outputs(self, x: Tensor) -> Tensor:
+        """Model outputs for x (n, *event_shape), in one pass, with autograd left on."""
+        self.dist.check_inputs(x)
+        n = x.shape[0]
+        try:
+            y = self.model(self._prepare(x))
+        except (RuntimeError, ValueError, IndexError, TypeError) as exc:
+            raise ShapeMismatchError(
+                f"the model failed on inputs of shape {tuple(x.shape)} drawn from "
+                f"{self.dist!r}: {exc}"
+            ) from exc
+        self.n_calls += n
+        if self.on_calls is not None:
+            self.on_calls(n)
+        if not isinstance(y, Tensor) or y.dim() == 0 or y.shape[0] != n:
+            shape = tuple(y.shape) if isinstance(y, Tensor) else type(y).__name__
+            raise ModelOutputError(f"the model returned {shape} for a batch of {n} inputs")
+        bad = ~torch.isfinite(y.detach())
+        if bad.any():
+            rows = int(bad.reshape(n, -1).any(1).sum())
+            raise ModelOutputError(f"the model returned NaN or inf for {rows} of {n} inputs")
+        return y
+
+    def scores_with_grad(self, x: Tensor) -> Tensor:
+        """Scores (n,) float64 with gradients to the model (one batch, for differentiable use)."""
+        y = self.outputs(x)
+        return self._check_scores(self.spec.score(x, y), x.shape[0]).double()
+
+    def scores(self, x: Tensor) -> Tensor:
+        """Scores (n,) float64, batched, without gradients."""
+        parts = []
+        with torch.no_grad(), eval_mode(self.model):
+            for start in range(0, x.shape[0], self.batch_size):
+                chunk = x[start : start + self.batch_size]
+                s = self.spec.score(chunk, self.outputs(chunk))
+                parts.append(self._check_scores(s, chunk.shape[0]).double().cpu())
+        return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.float64)
+
+    @staticmethod
+    def _check_scores(s: Tensor, n: int) -> Tensor:
+        if not isinstance(s, Tensor) or s.shape != (n,):
+            shape = tuple(s.shape) if isinstance(s, Tensor) else type(s).__name__
+            raise ShapeMismatchError(f"the spec returned scores of shape {shape}; expected ({n},)")
+        if torch.isnan(s).any():
+            raise ModelOutputError("the spec returned NaN scores")
+        return s
