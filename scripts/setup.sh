@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Create .venv and install tailguard with its extras; constraints.txt keeps torch on the CPU build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3.11}
+command -v "$PY" >/dev/null 2>&1 || PY=python3
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+.venv/bin/python -m pip install -q -c constraints.txt -e '.[bench,dev,ray]'
