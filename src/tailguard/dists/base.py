@@ -51,6 +51,13 @@ class Distribution(ABC):
     def sample(self, n: int, generator: torch.Generator) -> Tensor:
         """Draw ``n`` independent inputs, shape (n, *event_shape)."""
 
+    def rsample(self, n: int, generator: torch.Generator) -> Tensor:
+        """Like ``sample`` but differentiable in D's parameters (reparameterised).
+
+        Distributions without a reparameterisation return plain samples.
+        """
+        return self.sample(n, generator)
+
     @abstractmethod
     def log_prob(self, x: Tensor) -> Tensor:
         """Log-density (or log-mass) of each input: (n, *event_shape) -> (n,)."""

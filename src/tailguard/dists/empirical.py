@@ -49,9 +49,12 @@ class NoisyEmpirical(Distribution):
 
     def sample(self, n: int, generator: torch.Generator) -> Tensor:
         with torch.no_grad():
-            k = torch.randint(self.n_components, (n,), generator=generator)
-            noise = torch.randn(n, self.dim, generator=generator, dtype=torch.float64)
-            x = self._centres()[k] + self._sigma() * noise
+            return self.rsample(n, generator)
+
+    def rsample(self, n: int, generator: torch.Generator) -> Tensor:
+        k = torch.randint(self.n_components, (n,), generator=generator)
+        noise = torch.randn(n, self.dim, generator=generator, dtype=torch.float64)
+        x = self._centres()[k] + self._sigma() * noise
         return x.reshape(n, *self.event_shape)
 
     def log_prob(self, x: Tensor) -> Tensor:

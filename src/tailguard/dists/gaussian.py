@@ -93,9 +93,12 @@ class Gaussian(Distribution):
 
     # --- Distribution interface -------------------------------------------------------------
     def sample(self, n: int, generator: torch.Generator) -> Tensor:
-        z = torch.randn(n, self.dim, generator=generator, dtype=torch.float64)
         with torch.no_grad():
-            return self.unwhiten(z)
+            return self.rsample(n, generator)
+
+    def rsample(self, n: int, generator: torch.Generator) -> Tensor:
+        z = torch.randn(n, self.dim, generator=generator, dtype=torch.float64)
+        return self.unwhiten(z)
 
     def log_prob(self, x: Tensor) -> Tensor:
         self.check_inputs(x)
