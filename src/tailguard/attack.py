@@ -1,0 +1,186 @@
+"""``attack``: find the member of a family on which the model is most likely catastrophic.
+
+The search maximises a differentiable estimate of ln P_{D_theta}[C]: the log of
+the mean smooth surrogate exp(spec.soft) over reparameterised draws from
+D_theta. Many starting members are screened cheaply, the best few are refined
+by Adam, and the winner's probability is then estimated properly (with a CI)
+by ``tailguard.estimate``. By the identity P_D[C] = E_q[(p_D/q) C], the member
+found is also a natural importance-sampling proposal for the deployment D.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ._logspace import logmeanexp
+from .dists.base import Distribution
+from .errors import BudgetError, InvalidArgumentError
+from .estimate import estimate, make_generator
+from .families.base import Family, Params, detach_params
+from .oracle import ScoreOracle, eval_mode
+from .result import Estimate
+from .specs import Spec
+
+
+@dataclass(frozen=True)
+class AttackSettings:
+    """Hyper-parameters of the search (data arrive at call time)."""
+
+    candidates: int = 72
+    restarts: int = 4
+    steps: int = 40
+    samples: int = 256
+    lr: float = 0.3
+    temperature: float = 1.0
+    final_fraction: float = 0.3
+    method: str = "auto"
+
+    def __post_init__(self) -> None:
+        for name in ("candidates", "restarts", "steps", "samples"):
+            if getattr(self, name) < 1:
+                raise InvalidArgumentError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.restarts > self.candidates:
+            raise InvalidArgumentError("restarts must not exceed candidates")
+        if not 0 < self.final_fraction < 1:
+            raise InvalidArgumentError(f"final_fraction must be in (0, 1), got {self.final_fraction}")
+        if self.lr <= 0 or self.temperature <= 0:
+            raise InvalidArgumentError("lr and temperature must be > 0")
+
+
+@dataclass
+class AttackResult:
+    """The worst member found, its estimated catastrophe probability, and how it was found."""
+
+    family: Family
+    params: Params
+    dist: Distribution
+    estimate: Estimate
+    n_model_calls: int
+    history: list[list[float]] = field(default_factory=list)
+
+    def samples(self, n: int, seed: int = 0) -> Tensor:
+        """``n`` inputs drawn from the adversarial distribution, (n, *event_shape)."""
+        return self.dist.sample(n, torch.Generator().manual_seed(seed))
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "member": self.family.describe(self.params),
+            "constraint": self.family.constraint(),
+            "estimate": str(self.estimate),
+            "log10_p": self.estimate.log10_p,
+            "ci_log10": list(self.estimate.ci_log10),
+            "n_model_calls": self.n_model_calls,
+        }
+
+
+def surrogate_log_prob(
+    oracle: ScoreOracle,
+    family: Family,
+    params: Params,
+    n: int,
+    temperature: float,
+    generator: torch.Generator,
+) -> Tensor:
+    """ln mean exp(spec.soft) over n reparameterised draws from D_theta, minus the penalty."""
+    x = family.member(params).rsample(n, generator)
+    log_soft = oracle.spec.soft(x, oracle.outputs(x), temperature).double()
+    return logmeanexp(log_soft) - family.penalty(params)
+
+
+def refine(
+    oracle: ScoreOracle,
+    family: Family,
+    params: Params,
+    settings: AttackSettings,
+    steps: int,
+    generator: torch.Generator,
+) -> tuple[Params, list[float]]:
+    """Adam ascent on the surrogate from ``params``; returns the best iterate and the trace."""
+    leaves = [p for p in params.values() if p.requires_grad]
+    opt = torch.optim.Adam(leaves, lr=settings.lr)
+    best, best_value, trace = detach_params(params), -math.inf, []
+    for _ in range(steps):
+        value = surrogate_log_prob(oracle, family, params, settings.samples, settings.temperature, generator)
+        grads = torch.autograd.grad(-value, leaves)
+        for leaf, g in zip(leaves, grads, strict=True):
+            leaf.grad = g
+        opt.step()
+        with torch.no_grad():
+            family.project(params)
+        trace.append(float(value.detach()))
+        if trace[-1] > best_value:
+            best_value, best = trace[-1], detach_params(params)
+    for k, v in best.items():
+        if params[k].requires_grad:
+            v.requires_grad_(True)
+    return best, trace
+
+
+def attack(
+    model: nn.Module,
+    spec: Spec,
+    family: Family,
+    budget: int = 200_000,
+    seed: int | torch.Generator = 0,
+    progress: bool = False,
+    on_step: Callable[[int, float], None] | None = None,
+    **settings: Any,
+) -> AttackResult:
+    """Search ``family`` for the D on which ``model`` is most likely catastrophic under ``spec``.
+
+    ``budget`` caps model calls for search and final estimate together. Settings:
+    see AttackSettings (candidates, restarts, steps, samples, lr, temperature,
+    final_fraction, method).
+    """
+    if not isinstance(family, Family):
+        raise InvalidArgumentError(f"family must be a tailguard Family, got {type(family).__name__}")
+    if not isinstance(spec, Spec):
+        raise InvalidArgumentError(f"spec must be a tailguard spec, got {type(spec).__name__}")
+    try:
+        cfg = AttackSettings(**settings)
+    except TypeError as exc:
+        raise InvalidArgumentError(f"unknown attack setting: {exc}") from exc
+    generator, _ = make_generator(seed)
+    final_budget = int(budget * cfg.final_fraction)
+    search_budget = budget - final_budget
+    screen_n = max(16, int(0.3 * search_budget / cfg.candidates))
+    steps = min(cfg.steps, int(0.7 * search_budget / (cfg.restarts * cfg.samples)))
+    if steps < 1 or screen_n * cfg.candidates > 0.3 * search_budget + cfg.candidates:
+        raise BudgetError(
+            f"budget {budget:,} is too small to screen {cfg.candidates} candidates and refine "
+            f"{cfg.restarts} of them with {cfg.samples} samples a step; raise budget or lower these"
+        )
+    starts = family.candidates(cfg.candidates, generator)
+    oracle = ScoreOracle(model, family.member(starts[0]), spec)
+    history: list[list[float]] = []
+    with eval_mode(model):
+        with torch.no_grad():
+            screen = [
+                float(surrogate_log_prob(oracle, family, p, screen_n, cfg.temperature, generator))
+                for p in starts
+            ]
+        order = sorted(range(len(starts)), key=lambda i: -screen[i])[: cfg.restarts]
+        best_params, best_value = starts[order[0]], -math.inf
+        for i in order:
+            params, trace = refine(oracle, family, starts[i], cfg, steps, generator)
+            history.append(trace)
+            if on_step is not None:
+                on_step(len(history), max(trace))
+            if max(trace) > best_value:
+                best_params, best_value = params, max(trace)
+    dist = family.member(detach_params(best_params))
+    est = estimate(model, dist, spec, method=cfg.method, budget=final_budget, seed=generator, progress=progress)
+    return AttackResult(
+        family=family,
+        params=detach_params(best_params),
+        dist=dist,
+        estimate=est,
+        n_model_calls=oracle.n_calls + est.n_model_calls,
+        history=history,
+    )

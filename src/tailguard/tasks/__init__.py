@@ -1,0 +1,1 @@
+"""Tasks with planted rare catastrophes, used by the harden benchmark and the demo."""
