@@ -1,0 +1,339 @@
+"""Adaptive multilevel splitting (subset simulation) with independent repeats.
+
+Au & Beck (2001), "Estimation of small failure probabilities in high dimensions
+by subset simulation"; Webb, Rainforth, Teh & Kumar (ICLR 2019), "A statistical
+approach to assessing neural network robustness"; Cérou & Guyader (2007),
+"Adaptive multilevel splitting for rare event analysis".
+
+N particles start as draws from D. Each level L is the score of the
+ceil(rho N)-th best particle (capped at the catastrophe boundary); the estimate
+gains the factor #{s >= L}/N, counted exactly so ties at L are honest; the
+particles below L are replaced by copies of the survivors, and every particle
+then makes M MCMC moves with D's reversible proposal, accepted iff the score
+stays >= L, which leaves D restricted to {s >= L} invariant. A shared step size
+per run is adapted toward an acceptance rate of about 0.3 (Papaioannou et al.
+2015, "MCMC algorithms for subset simulation"). Catastrophe is s > 0, that is
+s >= the smallest positive float64, so the last level is that number and the
+last factor is the fraction of particles with s > 0. A level that would not rise
+above the previous one (a plateau of equal scores) is moved just above it; if no
+particle is left there, that run's estimate is 0.
+
+Why repeats: chains started from clones are correlated, so the textbook variance
+n0 (1 - rho) / (rho N) is optimistic by an unknown factor. R independent runs are
+made instead, all advanced together so each MCMC step is one oracle call over
+R N particles. Their estimates of p are averaged in probability space (each run
+is nearly unbiased for p, while the mean of log p is biased low), and the CI is
+Cox's interval for the mean of a log-normal, which is centred on the same
+quantity: the log p of the runs are close to normal once N rho is a few tens.
+
+Budget: a cheap pilot run (small N) counts the levels needed; N for the R main
+runs is then chosen so that those levels plus a margin fit in what is left.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from scipy import stats
+from torch import Tensor, nn
+
+from .._logspace import binomial_log_ci, logmeanexp
+from ..dists.base import Distribution
+from ..errors import BudgetError, InvalidArgumentError
+from ..oracle import ScoreOracle
+from ..specs import Spec
+from .base import Outcome, register
+
+#: catastrophe is s > 0, i.e. s >= this, so every level set is {s >= L}
+TARGET = math.nextafter(0.0, math.inf)
+RUNNING, DONE, EMPTY, STOPPED = 0, 1, 2, 3
+
+
+@dataclass
+class _Swarm:
+    """R independent splitting runs of N particles each, advanced together.
+
+    x: (R * N, *event_shape)   s: (R, N)   log_p, level, log_step, status, n_levels: (R,)
+    """
+
+    x: Tensor
+    s: Tensor
+    log_p: Tensor
+    level: Tensor
+    log_step: Tensor
+    status: Tensor
+    n_levels: Tensor
+    acceptance: list[float] = field(default_factory=list)
+    levels: list[list[float]] = field(default_factory=list)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.s.shape[0], self.s.shape[1]
+
+
+@register
+@dataclass(frozen=True)
+class Splitting:
+    """Adaptive multilevel splitting with ``n_repeats`` independent runs.
+
+    ``level_fraction`` (rho) is the fraction of particles kept per level,
+    ``n_steps`` (M) the MCMC moves per particle and level, ``n_particles`` (N)
+    per run (None: as many as the budget allows after a pilot run),
+    ``max_levels`` a cap on levels per run against endless plateaus.
+    """
+
+    name: ClassVar[str] = "splitting"
+    level_fraction: float = 0.1
+    n_steps: int = 3
+    n_repeats: int = 10
+    n_particles: int | None = None
+    max_levels: int = 60
+    target_acceptance: float = 0.3
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.level_fraction < 1.0:
+            raise InvalidArgumentError(
+                f"level_fraction must be in (0, 1), got {self.level_fraction}"
+            )
+        if self.n_steps < 1:
+            raise InvalidArgumentError(f"n_steps must be >= 1, got {self.n_steps}")
+        if self.n_repeats < 2:
+            raise InvalidArgumentError(
+                f"n_repeats must be >= 2 (the CI needs a spread), got {self.n_repeats}"
+            )
+        if self.n_particles is not None and self.n_particles * self.level_fraction < 2:
+            raise InvalidArgumentError(
+                f"n_particles must keep >= 2 particles per level, got {self.n_particles}"
+            )
+        if self.max_levels < 1:
+            raise InvalidArgumentError(f"max_levels must be >= 1, got {self.max_levels}")
+        if not 0.0 < self.target_acceptance < 1.0:
+            raise InvalidArgumentError(
+                f"target_acceptance must be in (0, 1), got {self.target_acceptance}"
+            )
+
+    def unsupported_reason(self, model: nn.Module, dist: Distribution, spec: Spec) -> str | None:
+        if not dist.has_moves:
+            return f"{type(dist).__name__} has no reversible MCMC move (propose)"
+        if not spec.continuous:
+            return f"{type(spec).__name__} gives no graded score for the levels to climb"
+        return None
+
+    def min_budget(self) -> int:
+        return self.n_repeats * self._min_particles() * (1 + 2 * self.n_steps)
+
+    def _min_particles(self) -> int:
+        return math.ceil(4 / self.level_fraction)
+
+    # --- the run ------------------------------------------------------------------------------
+    def run(
+        self, oracle: ScoreOracle, budget: int, generator: torch.Generator, confidence: float
+    ) -> Outcome:
+        start = oracle.n_calls
+        pilot_levels = None
+        n = self.n_particles
+        if n is None:
+            pilot_levels = self._pilot_levels(oracle, budget, generator)
+            n = self._particles_for(budget - (oracle.n_calls - start), pilot_levels)
+        left = budget - (oracle.n_calls - start)
+        swarm = self._simulate(oracle, self.n_repeats, n, left, generator)
+        log_p, ci, warnings = _combine(swarm, confidence)
+        diagnostics = self._diagnostics(swarm, pilot_levels, oracle.n_calls - start)
+        return Outcome(log_p=log_p, ci=ci, diagnostics=diagnostics, warnings=warnings)
+
+    def _pilot_levels(self, oracle: ScoreOracle, budget: int, generator: torch.Generator) -> int:
+        """Levels one small run needs (or reached before its budget of budget/5 ran out)."""
+        n = max(self._min_particles(), min(budget // 2000, 500))
+        pilot = self._simulate(oracle, 1, n, budget // 5, generator)
+        return int(pilot.n_levels[0])
+
+    def _particles_for(self, budget: int, pilot_levels: int) -> int:
+        """N such that R runs of N particles fit pilot_levels plus a margin of levels."""
+        planned = pilot_levels + 2 + pilot_levels // 5
+        per_particle = self.n_repeats * (1 + planned * self.n_steps)
+        return max(self._min_particles(), budget // per_particle)
+
+    def _simulate(
+        self, oracle: ScoreOracle, runs: int, n: int, budget: int, generator: torch.Generator
+    ) -> _Swarm:
+        """Advance ``runs`` independent runs of ``n`` particles until all end or the budget does."""
+        if runs * n > budget:
+            raise BudgetError(
+                f"budget {budget:,} cannot pay for {runs} runs of {n} particles; raise budget "
+                "or lower n_particles / n_repeats"
+            )
+        x = oracle.dist.sample(runs * n, generator)
+        s = oracle.scores(x)
+        spent = runs * n
+        swarm = _Swarm(
+            x=x,
+            s=s.reshape(runs, n),
+            log_p=torch.zeros(runs, dtype=torch.float64),
+            level=torch.full((runs,), -math.inf, dtype=torch.float64),
+            log_step=torch.full((runs,), math.log(0.5), dtype=torch.float64),
+            status=torch.full((runs,), RUNNING),
+            n_levels=torch.zeros(runs, dtype=torch.long),
+        )
+        while bool((swarm.status == RUNNING).any()):
+            self._next_level(swarm)
+            active = swarm.status == RUNNING
+            cost = int(active.sum()) * n * self.n_steps
+            if not bool(active.any()):
+                break
+            if spent + cost > budget:
+                swarm.status[active] = STOPPED
+                break
+            self._resample(swarm, active, generator)
+            self._move(oracle, swarm, active, generator)
+            spent += cost
+        return swarm
+
+    def _next_level(self, swarm: _Swarm) -> None:
+        """Set each running run's next level, multiply in its surviving fraction, mark ends."""
+        runs, n = swarm.shape
+        keep = math.ceil(self.level_fraction * n)
+        below = torch.topk(swarm.s, keep + 1, dim=1).values[:, -1]
+        level = torch.clamp(torch.nextafter(below, torch.tensor(math.inf)), max=TARGET)
+        running = swarm.status == RUNNING
+        survivors = (swarm.s >= level[:, None]).sum(1)
+        # a level nobody passes ends the run at 0; log_p keeps the product so far (a bound)
+        factor = torch.where(survivors > 0, torch.log(survivors.double() / n), 0.0)
+        swarm.log_p = torch.where(running, swarm.log_p + factor, swarm.log_p)
+        swarm.level = torch.where(running, level, swarm.level)
+        swarm.n_levels += running.long()
+        swarm.levels.append([float(v) for v in level[running]])
+        swarm.status[running & (level >= TARGET)] = DONE
+        swarm.status[running & (survivors == 0)] = EMPTY
+        swarm.status[running & (swarm.n_levels >= self.max_levels) & (swarm.status == RUNNING)] = (
+            STOPPED
+        )
+
+    @staticmethod
+    def _resample(swarm: _Swarm, active: Tensor, generator: torch.Generator) -> None:
+        """Replace particles below their run's level by copies of its survivors, evenly spread.
+
+        Each survivor gets floor(N / k) or ceil(N / k) copies (residual copies at random),
+        which adds less noise than multinomial resampling.
+        """
+        runs, n = swarm.shape
+        flat_index = torch.arange(runs * n).reshape(runs, n)
+        for r in torch.nonzero(active).flatten().tolist():
+            alive = torch.nonzero(swarm.s[r] >= swarm.level[r]).flatten()
+            order = alive[torch.randperm(alive.numel(), generator=generator)]
+            pick = order[torch.arange(n) % alive.numel()]
+            flat_index[r] = r * n + pick
+        flat = flat_index.flatten()
+        swarm.x = swarm.x[flat]
+        swarm.s = swarm.s.flatten()[flat].reshape(runs, n)
+
+    def _move(
+        self, oracle: ScoreOracle, swarm: _Swarm, active: Tensor, generator: torch.Generator
+    ) -> None:
+        """M reversible moves per particle of the active runs, one oracle call per move."""
+        runs, n = swarm.shape
+        rows = torch.nonzero(active).flatten()
+        flat = (rows[:, None] * n + torch.arange(n)).flatten()
+        x, s = swarm.x[flat], swarm.s[rows]
+        level, log_step = swarm.level[rows, None], swarm.log_step[rows]
+        accepted = 0.0
+        for _ in range(self.n_steps):
+            step = torch.exp(log_step).repeat_interleave(n)
+            proposal = oracle.dist.propose(x, step, generator)
+            s_new = oracle.scores(proposal).reshape(-1, n)
+            ok = s_new >= level
+            x = torch.where(ok.reshape(-1, *([1] * (x.dim() - 1))), proposal, x)
+            s = torch.where(ok, s_new, s)
+            rate = ok.double().mean(1)
+            accepted += float(rate.mean())
+            log_step = torch.clamp(log_step + (rate - self.target_acceptance), -9.0, 0.0)
+        swarm.x[flat], swarm.s[rows], swarm.log_step[rows] = x, s, log_step
+        swarm.acceptance.append(accepted / self.n_steps)
+
+    def _diagnostics(self, swarm: _Swarm, pilot_levels: int | None, calls: int) -> dict[str, Any]:
+        runs, n = swarm.shape
+        names = {RUNNING: "running", DONE: "done", EMPTY: "empty", STOPPED: "stopped"}
+        return {
+            "n_particles": n,
+            "n_steps": self.n_steps,
+            "n_repeats": runs,
+            "level_fraction": self.level_fraction,
+            "pilot_levels": pilot_levels,
+            "n_levels": [int(k) for k in swarm.n_levels],
+            "levels": swarm.levels,
+            "acceptance": [round(a, 4) for a in swarm.acceptance],
+            "repeat_log10_p": [float(v) / math.log(10) for v in swarm.log_p],
+            "repeat_status": [names[int(v)] for v in swarm.status],
+            "model_calls": calls,
+        }
+
+
+# --- combining the repeats --------------------------------------------------------------------
+def _combine(
+    swarm: _Swarm, confidence: float
+) -> tuple[float, tuple[float, float], tuple[str, ...]]:
+    """Point estimate, CI and warnings from the runs' final states."""
+    runs, n = swarm.shape
+    status, log_p = swarm.status, swarm.log_p
+    if bool((status == STOPPED).any()):
+        # a run that ran out of budget or levels only bounds p from above
+        high = _upper_of_means(log_p.numpy(), confidence)
+        return (
+            -math.inf,
+            (-math.inf, min(high, 0.0)),
+            (
+                "splitting did not reach the catastrophe level within the budget or max_levels: "
+                "only an upper bound (the probability of the highest level reached)",
+            ),
+        )
+    estimates = torch.where(status == EMPTY, -math.inf, log_p)
+    point = float(logmeanexp(estimates))
+    if bool((status == EMPTY).all()):
+        # every run found a level no particle could pass: 0 hits out of R N at that level
+        high = _upper_of_means(log_p.numpy(), confidence)
+        high += binomial_log_ci(0, runs * n, confidence)[1]
+        return (
+            -math.inf,
+            (-math.inf, min(high, 0.0)),
+            ("no particle got past a plateau of the score: only an upper bound",),
+        )
+    if bool((status == EMPTY).any()):
+        return point, _linear_t_interval(estimates.numpy(), confidence), ()
+    low, high = lognormal_mean_log_ci(estimates.numpy(), confidence)
+    return point, (min(low, point), min(max(high, point), 0.0)), ()
+
+
+def lognormal_mean_log_ci(log_values: np.ndarray, confidence: float) -> tuple[float, float]:
+    """Cox's interval for log E[X] from samples of log X, assumed normal (Zhou & Gao 1997).
+
+    log E[X] = mu + sigma^2 / 2, estimated by m + s^2 / 2 with standard error
+    sqrt(s^2 / k + s^4 / (2 (k - 1))), and a t quantile with k - 1 degrees of freedom.
+    """
+    k = len(log_values)
+    m = float(np.mean(log_values))
+    var = float(np.var(log_values, ddof=1))
+    se = math.sqrt(var / k + var**2 / (2 * (k - 1)))
+    t = float(stats.t.ppf(0.5 + confidence / 2, df=k - 1))
+    centre = m + var / 2
+    return centre - t * se, centre + t * se
+
+
+def _linear_t_interval(log_values: np.ndarray, confidence: float) -> tuple[float, float]:
+    """t-interval on the mean of p (some runs gave 0), computed relative to the largest run."""
+    top = float(np.max(log_values))
+    ratio = np.exp(log_values - top)
+    k = len(ratio)
+    mean, se = float(np.mean(ratio)), float(np.std(ratio, ddof=1) / math.sqrt(k))
+    t = float(stats.t.ppf(0.5 + confidence / 2, df=k - 1))
+    low = mean - t * se
+    return (top + math.log(low) if low > 0 else -math.inf), min(top + math.log(mean + t * se), 0.0)
+
+
+def _upper_of_means(log_values: np.ndarray, confidence: float) -> float:
+    """Upper end of the CI for the mean of exp(log_values) (a bound on p when they bound it)."""
+    if np.ptp(log_values) == 0.0:
+        return float(log_values[0])
+    return lognormal_mean_log_ci(log_values, confidence)[1]
