@@ -54,3 +54,7 @@ def require_extra(module: str, extra: str) -> object:
         raise MissingExtraError(
             f"{module!r} is not installed; install it with: pip install 'tailguard[{extra}]'"
         ) from exc
+
+
+class TrainingDivergedError(TailguardError, FloatingPointError):
+    """A training run produced a NaN or infinite loss; the last good checkpoint is kept."""

@@ -1,0 +1,113 @@
+"""What a hardening run reports: per-step training figures and periodic validated estimates."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..result import _decode, _encode
+
+
+@dataclass
+class HardenReport:
+    """Per-step logs (``steps``) and interval evaluations (``evals``) of one run.
+
+    steps: dicts with step, task_loss, batch_accuracy, adversary_log10_p (surrogate,
+    worst pool member), deployment_log10_p (surrogate). evals: dicts with step,
+    test_accuracy, held_out (list of estimates as dicts), deployment (estimate dict).
+    """
+
+    settings: dict[str, Any]
+    constraint: str
+    seed: int
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    evals: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+    model_calls: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return _encode(asdict(self))  # type: ignore[no-any-return]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> HardenReport:
+        return cls(**_decode(data))
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), allow_nan=False, indent=1)
+
+    def final(self) -> dict[str, Any]:
+        """The last evaluation (or an empty dict if there was none)."""
+        return self.evals[-1] if self.evals else {}
+
+    def markdown(self) -> str:
+        """A short human-readable table of the evaluations."""
+        lines = [
+            f"Adversary family: {self.constraint}",
+            "",
+            "| step | test acc | worst held-out log10 p [95% CI] | deployment log10 p [95% CI] |",
+            "|---:|---:|---|---|",
+        ]
+        for ev in self.evals:
+            held = max(ev.get("held_out", []), key=lambda e: e["log10_p"], default=None)
+            dep = ev.get("deployment")
+            lines.append(
+                f"| {ev['step']} | {ev.get('test_accuracy', float('nan')):.4f} | "
+                f"{_fmt(held)} | {_fmt(dep)} |"
+            )
+        return "\n".join(lines) + "\n"
+
+    def plot(self, path: Path) -> Path:
+        """log10 P(catastrophe) against step: surrogate on the adversary, estimates with CIs."""
+        from ..errors import require_extra
+
+        require_extra("matplotlib", "bench")
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(7, 4))
+        steps = [s["step"] for s in self.steps]
+        ax.plot(steps, [s["adversary_log10_p"] for s in self.steps], lw=1, label="adversary (surrogate)")
+        for key, label, marker in (("deployment", "deployment D", "o"), ("held_out", "worst held-out member", "s")):
+            pts = []
+            for ev in self.evals:
+                e = ev.get(key)
+                if isinstance(e, list):
+                    e = max(e, key=lambda d: d["log10_p"], default=None)
+                if e:
+                    pts.append((ev["step"], e["log10_p"], *e["ci_log10"]))
+            pts = [p for p in pts if math.isfinite(p[3])]
+            if pts:
+                xs, ys, lo, hi = zip(*pts, strict=True)
+                ys_plot = [y if math.isfinite(y) else h for y, h in zip(ys, hi, strict=True)]
+                err = [[max(y - l, 0) if math.isfinite(l) else 0 for y, l in zip(ys_plot, lo, strict=True)],
+                       [h - y for y, h in zip(ys_plot, hi, strict=True)]]
+                ax.errorbar(xs, ys_plot, yerr=err, marker=marker, ls="--", capsize=3, label=label)
+        ax.set_xlabel("training step")
+        ax.set_ylabel("log10 P(catastrophe)")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        return path
+
+    def save(self, directory: Path) -> dict[str, Path]:
+        """Write report.json, report.md and report.png into ``directory``."""
+        directory.mkdir(parents=True, exist_ok=True)
+        paths = {"json": directory / "report.json", "markdown": directory / "report.md"}
+        paths["json"].write_text(self.to_json())
+        paths["markdown"].write_text(self.markdown())
+        paths["plot"] = self.plot(directory / "report.png")
+        return paths
+
+
+def _fmt(est: dict[str, Any] | None) -> str:
+    if not est:
+        return "-"
+    low, high = est["ci_log10"]
+    return f"{est['log10_p']:.2f} [{low:.2f}, {high:.2f}]"
