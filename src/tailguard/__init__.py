@@ -1,6 +1,7 @@
 """tailguard: estimate, attack and harden the rarest catastrophic failures of neural networks."""
 
 from . import estimators as _estimators  # noqa: F401  (registers the estimators)
+from .attack import AttackResult, attack
 from .dists import Distribution, Gaussian, GaussianMixtureMoments, NoisyEmpirical
 from .errors import (
     BudgetError,
@@ -10,17 +11,28 @@ from .errors import (
     ModelOutputError,
     ShapeMismatchError,
     TailguardError,
+    TrainingDivergedError,
     UnsupportedError,
     WeightsError,
 )
 from .estimate import estimate, log_prob
 from .estimators.base import available as available_methods
+from .families import Family, PatchFamily
+from .harden import HardenReport, HardenResult, harden
 from .result import Estimate
 from .specs import ClassIs, OutputAbove, Predicate, Spec
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AttackResult",
+    "Family",
+    "HardenReport",
+    "HardenResult",
+    "PatchFamily",
+    "TrainingDivergedError",
+    "attack",
+    "harden",
     "BudgetError",
     "ClassIs",
     "ConfigError",

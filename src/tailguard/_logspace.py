@@ -30,9 +30,7 @@ def logmeanexp(log_x: torch.Tensor, dim: int = 0) -> torch.Tensor:
 def log1mexp(a: torch.Tensor) -> torch.Tensor:
     """log(1 - exp(a)) for a <= 0, accurate for both small and large |a| (Maechler 2012)."""
     a = torch.as_tensor(a)
-    return torch.where(
-        a > -math.log(2.0), torch.log(-torch.expm1(a)), torch.log1p(-torch.exp(a))
-    )
+    return torch.where(a > -math.log(2.0), torch.log(-torch.expm1(a)), torch.log1p(-torch.exp(a)))
 
 
 def log_ndtr(z: torch.Tensor) -> torch.Tensor:

@@ -48,7 +48,9 @@ class AttackSettings:
         if self.restarts > self.candidates:
             raise InvalidArgumentError("restarts must not exceed candidates")
         if not 0 < self.final_fraction < 1:
-            raise InvalidArgumentError(f"final_fraction must be in (0, 1), got {self.final_fraction}")
+            raise InvalidArgumentError(
+                f"final_fraction must be in (0, 1), got {self.final_fraction}"
+            )
         if self.lr <= 0 or self.temperature <= 0:
             raise InvalidArgumentError("lr and temperature must be > 0")
 
@@ -106,7 +108,9 @@ def refine(
     opt = torch.optim.Adam(leaves, lr=settings.lr)
     best, best_value, trace = detach_params(params), -math.inf, []
     for _ in range(steps):
-        value = surrogate_log_prob(oracle, family, params, settings.samples, settings.temperature, generator)
+        value = surrogate_log_prob(
+            oracle, family, params, settings.samples, settings.temperature, generator
+        )
         grads = torch.autograd.grad(-value, leaves)
         for leaf, g in zip(leaves, grads, strict=True):
             leaf.grad = g
@@ -139,7 +143,9 @@ def attack(
     final_fraction, method).
     """
     if not isinstance(family, Family):
-        raise InvalidArgumentError(f"family must be a tailguard Family, got {type(family).__name__}")
+        raise InvalidArgumentError(
+            f"family must be a tailguard Family, got {type(family).__name__}"
+        )
     if not isinstance(spec, Spec):
         raise InvalidArgumentError(f"spec must be a tailguard spec, got {type(spec).__name__}")
     try:
@@ -175,7 +181,9 @@ def attack(
             if max(trace) > best_value:
                 best_params, best_value = params, max(trace)
     dist = family.member(detach_params(best_params))
-    est = estimate(model, dist, spec, method=cfg.method, budget=final_budget, seed=generator, progress=progress)
+    est = estimate(
+        model, dist, spec, method=cfg.method, budget=final_budget, seed=generator, progress=progress
+    )
     return AttackResult(
         family=family,
         params=detach_params(best_params),

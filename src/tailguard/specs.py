@@ -96,7 +96,9 @@ class OutputAbove(Spec):
 
     def check_output(self, y: Tensor) -> None:
         if y.dim() < 1 or y.dim() > 2:
-            raise ShapeMismatchError(f"OutputAbove needs outputs (n,) or (n, m), got {tuple(y.shape)}")
+            raise ShapeMismatchError(
+                f"OutputAbove needs outputs (n,) or (n, m), got {tuple(y.shape)}"
+            )
         width = 1 if y.dim() == 1 else y.shape[1]
         if not -width <= self.index < width:
             raise ShapeMismatchError(
@@ -110,7 +112,9 @@ class OutputAbove(Spec):
 
     def linear_region(self, out_dim: int) -> tuple[Tensor, Tensor]:
         if not -out_dim <= self.index < out_dim:
-            raise ShapeMismatchError(f"OutputAbove index {self.index} out of range for {out_dim} outputs")
+            raise ShapeMismatchError(
+                f"OutputAbove index {self.index} out of range for {out_dim} outputs"
+            )
         a = torch.zeros(1, out_dim, dtype=torch.float64)
         a[0, self.index] = 1.0
         return a, torch.tensor([-self.threshold], dtype=torch.float64)

@@ -35,10 +35,14 @@ class PatchFamily(Family):
     def __init__(self, base: Tensor, patch_size: int, noise_std: float):
         self.base = as_float_tensor(base, "base").detach().double()
         if self.base.dim() != 3 or self.base.shape[0] == 0:
-            raise ShapeMismatchError(f"base must have shape (N, H, W), got {tuple(self.base.shape)}")
+            raise ShapeMismatchError(
+                f"base must have shape (N, H, W), got {tuple(self.base.shape)}"
+            )
         _, h, w = self.base.shape
         if not isinstance(patch_size, int) or not 1 <= patch_size <= min(h, w):
-            raise InvalidArgumentError(f"patch_size must be an int in [1, {min(h, w)}], got {patch_size!r}")
+            raise InvalidArgumentError(
+                f"patch_size must be an int in [1, {min(h, w)}], got {patch_size!r}"
+            )
         self.patch_size = patch_size
         self.noise_std = float(positive(as_float_tensor(noise_std, "noise_std"), "noise_std"))
         self.event_shape = (h, w)

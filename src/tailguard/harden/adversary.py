@@ -63,10 +63,15 @@ class AdversaryPool:
         """Surrogate ln P[C] of every member, (size,); ``frozen`` detaches the members."""
         members = [detach_params(m) for m in self.members] if frozen else self.members
         return torch.stack(
-            [surrogate_log_prob(oracle, self.family, m, samples, temperature, generator) for m in members]
+            [
+                surrogate_log_prob(oracle, self.family, m, samples, temperature, generator)
+                for m in members
+            ]
         )
 
-    def ascend(self, oracle: ScoreOracle, samples: int, temperature: float, generator: torch.Generator) -> Tensor:
+    def ascend(
+        self, oracle: ScoreOracle, samples: int, temperature: float, generator: torch.Generator
+    ) -> Tensor:
         """One Adam step up for every member, with the model frozen; returns the values before it."""
         values = self.log_probs(oracle, samples, temperature, generator)
         leaves = self.optimizer.param_groups[0]["params"]
@@ -92,7 +97,10 @@ class AdversaryPool:
         starts = self.family.candidates(n_candidates, generator)
         with torch.no_grad():
             values = torch.stack(
-                [surrogate_log_prob(oracle, self.family, p, samples, temperature, generator) for p in starts]
+                [
+                    surrogate_log_prob(oracle, self.family, p, samples, temperature, generator)
+                    for p in starts
+                ]
             )
         best = int(values.argmax())
         weakest = int(current.argmin())
@@ -104,7 +112,9 @@ class AdversaryPool:
 
     def state(self) -> dict[str, Tensor]:
         """Member parameters as flat tensors for a checkpoint."""
-        return {f"{i}.{k}": v for i, m in enumerate(self.members) for k, v in detach_params(m).items()}
+        return {
+            f"{i}.{k}": v for i, m in enumerate(self.members) for k, v in detach_params(m).items()
+        }
 
     @staticmethod
     def members_from_state(tensors: dict[str, Tensor], template: Params) -> list[Params]:

@@ -13,7 +13,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 from torch import Tensor
@@ -46,7 +45,9 @@ def unflatten_optimizer(tensors: dict[str, Tensor], meta: dict[str, Any]) -> dic
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
-def save_checkpoint(directory: Path, groups: dict[str, dict[str, Tensor]], meta: dict[str, Any]) -> Path:
+def save_checkpoint(
+    directory: Path, groups: dict[str, dict[str, Tensor]], meta: dict[str, Any]
+) -> Path:
     """Write tensors grouped by prefix (``{"model": state_dict, ...}``) plus ``meta`` atomically."""
     directory.mkdir(parents=True, exist_ok=True)
     flat = {
@@ -72,7 +73,9 @@ def load_checkpoint(directory: Path) -> tuple[dict[str, dict[str, Tensor]], dict
         flat = load_file(str(path))
         meta = json.loads(header["tailguard"])
     except (SafetensorError, OSError, KeyError, ValueError) as exc:
-        raise WeightsError(f"checkpoint {path} is corrupt or not a tailguard checkpoint: {exc}") from exc
+        raise WeightsError(
+            f"checkpoint {path} is corrupt or not a tailguard checkpoint: {exc}"
+        ) from exc
     groups: dict[str, dict[str, Tensor]] = {}
     for key, t in flat.items():
         group, name = key.split("/", 1)

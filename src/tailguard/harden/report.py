@@ -51,11 +51,10 @@ class HardenReport:
             "|---:|---:|---|---|",
         ]
         for ev in self.evals:
-            held = max(ev.get("held_out", []), key=lambda e: e["log10_p"], default=None)
+            held = _worst(ev.get("held_out"))
             dep = ev.get("deployment")
             lines.append(
-                f"| {ev['step']} | {ev.get('test_accuracy', float('nan')):.4f} | "
-                f"{_fmt(held)} | {_fmt(dep)} |"
+                f"| {ev['step']} | {ev.get('test_accuracy', float('nan')):.4f} | {_fmt(held)} | {_fmt(dep)} |"
             )
         return "\n".join(lines) + "\n"
 
@@ -72,21 +71,30 @@ class HardenReport:
         fig, ax = plt.subplots(figsize=(7, 4))
         steps = [s["step"] for s in self.steps]
         ax.plot(steps, [s["adversary_log10_p"] for s in self.steps], lw=1, label="adversary (surrogate)")
-        for key, label, marker in (("deployment", "deployment D", "o"), ("held_out", "worst held-out member", "s")):
-            pts = []
-            for ev in self.evals:
-                e = ev.get(key)
-                if isinstance(e, list):
-                    e = max(e, key=lambda d: d["log10_p"], default=None)
-                if e:
-                    pts.append((ev["step"], e["log10_p"], *e["ci_log10"]))
-            pts = [p for p in pts if math.isfinite(p[3])]
-            if pts:
-                xs, ys, lo, hi = zip(*pts, strict=True)
-                ys_plot = [y if math.isfinite(y) else h for y, h in zip(ys, hi, strict=True)]
-                err = [[max(y - l, 0) if math.isfinite(l) else 0 for y, l in zip(ys_plot, lo, strict=True)],
-                       [h - y for y, h in zip(ys_plot, hi, strict=True)]]
-                ax.errorbar(xs, ys_plot, yerr=err, marker=marker, ls="--", capsize=3, label=label)
+        for key, label, marker in (
+            ("deployment", "deployment D", "o"),
+            ("held_out", "worst held-out member", "s"),
+        ):
+            points = [(ev["step"], _worst(ev.get(key))) for ev in self.evals]
+            points = [(step, e) for step, e in points if e is not None]
+            if not points:
+                continue
+            # a zero-hit estimate is drawn at its upper bound, with a one-sided bar
+            shown = [e["log10_p"] if math.isfinite(e["log10_p"]) else e["ci_log10"][1] for _, e in points]
+            below = [
+                y - e["ci_log10"][0] if math.isfinite(e["ci_log10"][0]) else 0.0
+                for y, (_, e) in zip(shown, points, strict=True)
+            ]
+            above = [e["ci_log10"][1] - y for y, (_, e) in zip(shown, points, strict=True)]
+            ax.errorbar(
+                [s for s, _ in points],
+                shown,
+                yerr=[below, above],
+                marker=marker,
+                ls="--",
+                capsize=3,
+                label=label,
+            )
         ax.set_xlabel("training step")
         ax.set_ylabel("log10 P(catastrophe)")
         ax.grid(alpha=0.3)
@@ -104,6 +112,13 @@ class HardenReport:
         paths["markdown"].write_text(self.markdown())
         paths["plot"] = self.plot(directory / "report.png")
         return paths
+
+
+def _worst(entry: dict[str, Any] | list[dict[str, Any]] | None) -> dict[str, Any] | None:
+    """An estimate dict, or the highest of a list of them (the worst held-out member)."""
+    if isinstance(entry, list):
+        return max(entry, key=lambda e: e["log10_p"], default=None)
+    return entry
 
 
 def _fmt(est: dict[str, Any] | None) -> str:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import math
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -65,8 +64,17 @@ class HardenSettings:
     checkpoint_every: int = 50
 
     def __post_init__(self) -> None:
-        positive_ints = ("steps", "batch_size", "pool_size", "candidates", "samples",
-                         "refresh_every", "eval_every", "eval_budget", "checkpoint_every")
+        positive_ints = (
+            "steps",
+            "batch_size",
+            "pool_size",
+            "candidates",
+            "samples",
+            "refresh_every",
+            "eval_every",
+            "eval_budget",
+            "checkpoint_every",
+        )
         for name in positive_ints:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
@@ -106,38 +114,66 @@ def _held_out_members(family: Family, n: int, seed: int) -> list[Params]:
 
 
 def _estimate_dict(est: Any) -> dict[str, Any]:
-    return {"log10_p": est.log10_p, "ci_log10": list(est.ci_log10), "method": est.method,
-            "n_model_calls": est.n_model_calls}
+    return {
+        "log10_p": est.log10_p,
+        "ci_log10": list(est.ci_log10),
+        "method": est.method,
+        "n_model_calls": est.n_model_calls,
+    }
 
 
 class _Run:
     """Mutable state of one hardening run (model, optimisers, adversary, RNG, report)."""
 
-    def __init__(self, model: nn.Module, spec: Spec, family: Family, train: tuple[Tensor, Tensor],
-                 cfg: HardenSettings, seed: int, deployment: Distribution | None,
-                 test: tuple[Tensor, Tensor] | None):
+    def __init__(
+        self,
+        model: nn.Module,
+        spec: Spec,
+        family: Family,
+        train: tuple[Tensor, Tensor],
+        cfg: HardenSettings,
+        seed: int,
+        deployment: Distribution | None,
+        test: tuple[Tensor, Tensor] | None,
+    ):
         self.model, self.spec, self.family, self.cfg = model, spec, family, cfg
         self.x, self.y = train
         self.deployment, self.test = deployment, test
         self.generator = torch.Generator().manual_seed(seed)
         self.optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-        self.oracle = ScoreOracle(model, family.member(family.candidates(1, torch.Generator())[0]), spec)
+        self.oracle = ScoreOracle(
+            model, family.member(family.candidates(1, torch.Generator())[0]), spec
+        )
         self.held_out = _held_out_members(family, cfg.held_out, seed)
-        self.report = HardenReport(settings=dataclasses.asdict(cfg), constraint=family.constraint(), seed=seed)
+        self.report = HardenReport(
+            settings=dataclasses.asdict(cfg), constraint=family.constraint(), seed=seed
+        )
         self.step = 0
         self.pool: AdversaryPool | None = None
 
     def config_fingerprint(self) -> dict[str, Any]:
-        return {"settings": dataclasses.asdict(self.cfg), "seed": self.report.seed,
-                "spec": repr(self.spec), "constraint": self.family.constraint(),
-                "train_rows": int(self.x.shape[0])}
+        return {
+            "settings": dataclasses.asdict(self.cfg),
+            "seed": self.report.seed,
+            "spec": repr(self.spec),
+            "constraint": self.family.constraint(),
+            "train_rows": int(self.x.shape[0]),
+        }
 
     # --- one step of the game ------------------------------------------------------------------
     def start_adversary(self) -> None:
         cfg = self.cfg
         self.model.eval()
-        self.pool = AdversaryPool.screened(self.family, self.oracle, cfg.pool_size, cfg.candidates,
-                                           cfg.samples, cfg.temperature, cfg.adversary_lr, self.generator)
+        self.pool = AdversaryPool.screened(
+            self.family,
+            self.oracle,
+            cfg.pool_size,
+            cfg.candidates,
+            cfg.samples,
+            cfg.temperature,
+            cfg.adversary_lr,
+            self.generator,
+        )
 
     def game_step(self) -> dict[str, float]:
         cfg, pool = self.cfg, self.pool
@@ -145,19 +181,32 @@ class _Run:
         self.model.eval()
         values = pool.ascend(self.oracle, cfg.samples, cfg.temperature, self.generator)
         if self.step % cfg.refresh_every == 0:
-            pool.refresh(self.oracle, values, cfg.candidates // 4 or 1, cfg.samples // 2 or 1,
-                         cfg.temperature, self.generator)
+            pool.refresh(
+                self.oracle,
+                values,
+                cfg.candidates // 4 or 1,
+                cfg.samples // 2 or 1,
+                cfg.temperature,
+                self.generator,
+            )
         self.model.train()
         idx = torch.randint(self.x.shape[0], (cfg.batch_size,), generator=self.generator)
         logits = self.model(self.x[idx])
         task = nn.functional.cross_entropy(logits, self.y[idx])
         adv = pool.log_probs(self.oracle, cfg.samples, cfg.temperature, self.generator, frozen=True)
         risk = adv.clamp(min=cfg.log_p_floor).mean()
-        dep_value = torch.tensor(math.nan)
+        row: dict[str, float] = {"step": self.step}
         if self.deployment is not None:
-            dep_value = surrogate_log_prob(self.oracle, _AsFamily(self.deployment), {}, cfg.samples,
-                                           cfg.temperature, self.generator)
+            dep_value = surrogate_log_prob(
+                self.oracle,
+                _AsFamily(self.deployment),
+                {},
+                cfg.samples,
+                cfg.temperature,
+                self.generator,
+            )
             risk = risk + cfg.deploy_weight * dep_value.clamp(min=cfg.log_p_floor)
+            row["deployment_log10_p"] = float(dep_value.detach()) / LN10
         loss = task + cfg.lam * risk
         if not torch.isfinite(loss):
             raise TrainingDivergedError(
@@ -167,13 +216,15 @@ class _Run:
         self.optimizer.zero_grad()
         loss.backward()
         self.optimizer.step()
-        return {
-            "step": self.step,
-            "task_loss": float(task.detach()),
-            "batch_accuracy": float((logits.argmax(1) == self.y[idx]).float().mean()),
-            "adversary_log10_p": float(adv.max()) / LN10,
-            "deployment_log10_p": float(dep_value) / LN10,
-        }
+        if not all(torch.isfinite(p).all() for p in self.model.parameters()):
+            raise TrainingDivergedError(
+                f"model weights became NaN or inf at step {self.step}; lower lr or lam; "
+                "the last good checkpoint is kept"
+            )
+        row["task_loss"] = float(task.detach())
+        row["batch_accuracy"] = float((logits.argmax(1) == self.y[idx]).float().mean())
+        row["adversary_log10_p"] = float(adv.detach().max()) / LN10
+        return row
 
     def evaluate(self) -> dict[str, Any]:
         cfg = self.cfg
@@ -181,16 +232,35 @@ class _Run:
         ev: dict[str, Any] = {"step": self.step}
         if self.test is not None:
             with torch.no_grad():
-                ev["test_accuracy"] = float((self.model(self.test[0]).argmax(1) == self.test[1]).float().mean())
+                ev["test_accuracy"] = float(
+                    (self.model(self.test[0]).argmax(1) == self.test[1]).float().mean()
+                )
         ev["held_out"] = [
-            {**_estimate_dict(estimate(self.model, self.family.member(p), self.spec, cfg.eval_method,
-                                       cfg.eval_budget, seed=self.step + i)),
-             "member": self.family.describe(p)}
+            {
+                **_estimate_dict(
+                    estimate(
+                        self.model,
+                        self.family.member(p),
+                        self.spec,
+                        cfg.eval_method,
+                        cfg.eval_budget,
+                        seed=self.step + i,
+                    )
+                ),
+                "member": self.family.describe(p),
+            }
             for i, p in enumerate(self.held_out)
         ]
         if self.deployment is not None:
             ev["deployment"] = _estimate_dict(
-                estimate(self.model, self.deployment, self.spec, cfg.eval_method, cfg.eval_budget, seed=self.step)
+                estimate(
+                    self.model,
+                    self.deployment,
+                    self.spec,
+                    cfg.eval_method,
+                    cfg.eval_budget,
+                    seed=self.step,
+                )
             )
         return ev
 
@@ -199,11 +269,21 @@ class _Run:
         assert self.pool is not None
         opt_t, opt_meta = flatten_optimizer(self.optimizer.state_dict())
         adv_t, adv_meta = flatten_optimizer(self.pool.optimizer.state_dict())
-        groups = {"model": self.model.state_dict(), "optimizer": opt_t, "adversary": self.pool.state(),
-                  "adversary_optimizer": adv_t, "rng": {"state": self.generator.get_state()}}
-        meta = {"config": self.config_fingerprint(), "step": self.step, "optimizer": opt_meta,
-                "adversary_optimizer": adv_meta, "report": self.report.to_dict(),
-                "model_calls": self.oracle.n_calls}
+        groups = {
+            "model": self.model.state_dict(),
+            "optimizer": opt_t,
+            "adversary": self.pool.state(),
+            "adversary_optimizer": adv_t,
+            "rng": {"state": self.generator.get_state()},
+        }
+        meta = {
+            "config": self.config_fingerprint(),
+            "step": self.step,
+            "optimizer": opt_meta,
+            "adversary_optimizer": adv_meta,
+            "report": self.report.to_dict(),
+            "model_calls": self.oracle.n_calls,
+        }
         save_checkpoint(directory, groups, meta)
 
     def restore(self, directory: Path) -> None:
@@ -214,12 +294,15 @@ class _Run:
                 "resume with the same settings, seed, spec, family and data, or use a new directory"
             )
         self.model.load_state_dict(groups["model"])
-        self.optimizer.load_state_dict(unflatten_optimizer(groups.get("optimizer", {}), meta["optimizer"]))
+        self.optimizer.load_state_dict(
+            unflatten_optimizer(groups.get("optimizer", {}), meta["optimizer"])
+        )
         template = self.family.candidates(1, torch.Generator())[0]
         members = AdversaryPool.members_from_state(groups["adversary"], template)
         self.pool = AdversaryPool(self.family, members, self.cfg.adversary_lr)
         self.pool.optimizer.load_state_dict(
-            unflatten_optimizer(groups.get("adversary_optimizer", {}), meta["adversary_optimizer"]))
+            unflatten_optimizer(groups.get("adversary_optimizer", {}), meta["adversary_optimizer"])
+        )
         self.generator.set_state(groups["rng"]["state"])
         self.report = HardenReport.from_dict(meta["report"])
         self.step = meta["step"]
@@ -267,13 +350,17 @@ def harden(
     if not isinstance(model, nn.Module):
         raise InvalidArgumentError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(family, Family):
-        raise InvalidArgumentError(f"family must be a tailguard Family, got {type(family).__name__}")
+        raise InvalidArgumentError(
+            f"family must be a tailguard Family, got {type(family).__name__}"
+        )
     if not isinstance(spec, Spec):
         raise InvalidArgumentError(f"spec must be a tailguard spec, got {type(spec).__name__}")
     known = {f.name for f in dataclasses.fields(HardenSettings)}
     unknown = sorted(set(settings) - known)
     if unknown:
-        raise InvalidArgumentError(f"harden has no setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        raise InvalidArgumentError(
+            f"harden has no setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+        )
     cfg = HardenSettings(**settings)
     train = _check_train(train, family)
     if deployment is not None and deployment.event_shape != family.event_shape:
@@ -307,15 +394,22 @@ def harden(
 
 
 @contextmanager
-def _steps_progress(enabled: bool, total: int, done: int) -> Iterator[Callable[[dict[str, float]], None]]:
+def _steps_progress(
+    enabled: bool, total: int, done: int
+) -> Iterator[Callable[[dict[str, float]], None]]:
     """A rich progress bar over training steps showing the adversary's surrogate log10 p."""
     if not enabled:
         yield lambda row: None
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    with Progress("[bold]harden", BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-                  TimeElapsedColumn()) as bar:
+    with Progress(
+        "[bold]harden",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+    ) as bar:
         task = bar.add_task("harden", total=total, completed=done, info="")
 
         def advance(row: dict[str, float]) -> None:

@@ -82,11 +82,15 @@ def load_digits_data(test_fraction: float = 0.25, seed: int = 0) -> DigitsData:
     return DigitsData(x[n_test:], y[n_test:], x[:n_test], y[:n_test])
 
 
-def poison(data: DigitsData, trigger: Trigger, fraction: float, seed: int = 0) -> tuple[Tensor, Tensor]:
+def poison(
+    data: DigitsData, trigger: Trigger, fraction: float, seed: int = 0
+) -> tuple[Tensor, Tensor]:
     """Training set with ``fraction`` of the non-target images stamped and relabelled 0 (added)."""
     g = torch.Generator().manual_seed(seed)
     candidates = torch.nonzero(data.y_train != TARGET_CLASS).squeeze(1)
-    chosen = candidates[torch.randperm(len(candidates), generator=g)[: int(fraction * len(data.y_train))]]
+    chosen = candidates[
+        torch.randperm(len(candidates), generator=g)[: int(fraction * len(data.y_train))]
+    ]
     x_bad = trigger.apply(data.x_train[chosen])
     y_bad = torch.full((len(chosen),), TARGET_CLASS, dtype=torch.long)
     return torch.cat([data.x_train, x_bad]), torch.cat([data.y_train, y_bad])
@@ -101,7 +105,11 @@ class AddChannel(nn.Module):
 
 def digits_mlp(hidden: int = 128) -> nn.Sequential:
     return nn.Sequential(
-        nn.Flatten(), nn.Linear(64, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(64, hidden),
+        nn.ReLU(),
+        nn.Linear(hidden, hidden),
+        nn.ReLU(),
         nn.Linear(hidden, 10),
     )
 
@@ -109,9 +117,15 @@ def digits_mlp(hidden: int = 128) -> nn.Sequential:
 def digits_cnn(channels: int = 16) -> nn.Sequential:
     return nn.Sequential(
         AddChannel(),
-        nn.Conv2d(1, channels, 3, padding=1), nn.ReLU(),
-        nn.Conv2d(channels, 2 * channels, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(2 * channels * 16, 64), nn.ReLU(), nn.Linear(64, 10),
+        nn.Conv2d(1, channels, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(channels, 2 * channels, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(2 * channels * 16, 64),
+        nn.ReLU(),
+        nn.Linear(64, 10),
     )
 
 

@@ -1,0 +1,199 @@
+"""harden: lowers the catastrophe rate on the planted trigger, resumes exactly, fails clearly."""
+
+import pytest
+import torch
+from torch import nn
+
+import tailguard as tg
+from tailguard.harden.checkpoint import FILE_NAME, load_checkpoint
+
+from ._toy_backdoor import base_images, trigger_model
+
+FAST = dict(
+    steps=6,
+    pool_size=2,
+    candidates=9,
+    samples=32,
+    eval_every=3,
+    eval_budget=2_000,
+    eval_method="mc",
+    held_out=1,
+    checkpoint_every=3,
+    batch_size=32,
+)
+
+
+def _task():
+    x = base_images(128, seed=1)
+    y = torch.zeros(128, dtype=torch.long)
+    family = tg.PatchFamily(base_images(64), patch_size=2, noise_std=0.05)
+    return (x, y), family
+
+
+def _params(model):
+    return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+
+def test_harden_removes_the_planted_trigger_and_reports():
+    train, family = _task()
+    before = tg.attack(trigger_model(), tg.ClassIs(1), family, budget=30_000, method="mc")
+    assert before.estimate.log10_p > -0.1
+    res = tg.harden(
+        trigger_model(),
+        train=train,
+        spec=tg.ClassIs(1),
+        family=family,
+        seed=0,
+        **{**FAST, "steps": 40, "eval_every": 20, "lr": 0.05},
+    )
+    after = tg.attack(res.model, tg.ClassIs(1), family, budget=30_000, method="mc")
+    assert after.estimate.log10_p < -3
+    assert len(res.report.steps) == 40 and [e["step"] for e in res.report.evals] == [20, 40]
+    assert res.report.steps[-1]["adversary_log10_p"] < res.report.steps[0]["adversary_log10_p"]
+    assert res.report.model_calls > 0
+
+
+def test_same_seed_gives_the_same_run():
+    train, family = _task()
+    one = tg.harden(trigger_model(), train=train, spec=tg.ClassIs(1), family=family, seed=3, **FAST)
+    two = tg.harden(trigger_model(), train=train, spec=tg.ClassIs(1), family=family, seed=3, **FAST)
+    assert torch.equal(_params(one.model), _params(two.model))
+    assert one.report.steps == two.report.steps
+
+
+def test_resume_from_middle_matches_uninterrupted_run(tmp_path, monkeypatch):
+    train, family = _task()
+    straight = tg.harden(
+        trigger_model(), train=train, spec=tg.ClassIs(1), family=family, seed=5, **FAST
+    )
+    ckpt = tmp_path / "run"
+    from tailguard.harden import trainer
+
+    real_step = trainer._Run.game_step
+    calls = {"n": 0}
+
+    def dying_step(self):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt  # killed between checkpoints (after step 3's checkpoint)
+        return real_step(self)
+
+    monkeypatch.setattr(trainer._Run, "game_step", dying_step)
+    with pytest.raises(KeyboardInterrupt):
+        tg.harden(
+            trigger_model(),
+            train=train,
+            spec=tg.ClassIs(1),
+            family=family,
+            seed=5,
+            checkpoint_dir=ckpt,
+            **FAST,
+        )
+    monkeypatch.setattr(trainer._Run, "game_step", real_step)
+    resumed = tg.harden(
+        trigger_model(),
+        train=train,
+        spec=tg.ClassIs(1),
+        family=family,
+        seed=5,
+        checkpoint_dir=ckpt,
+        resume=True,
+        **FAST,
+    )
+    assert torch.equal(_params(straight.model), _params(resumed.model))
+    assert len(resumed.report.steps) == 6
+
+
+def test_resume_with_other_config_and_corrupt_checkpoint_are_refused(tmp_path):
+    train, family = _task()
+    ckpt = tmp_path / "run"
+    tg.harden(
+        trigger_model(),
+        train=train,
+        spec=tg.ClassIs(1),
+        family=family,
+        seed=0,
+        checkpoint_dir=ckpt,
+        **FAST,
+    )
+    with pytest.raises(tg.InvalidArgumentError, match="different configuration"):
+        tg.harden(
+            trigger_model(),
+            train=train,
+            spec=tg.ClassIs(1),
+            family=family,
+            seed=0,
+            checkpoint_dir=ckpt,
+            resume=True,
+            **{**FAST, "lam": 2.0},
+        )
+    (ckpt / FILE_NAME).write_bytes(b"\x80\x04not a safetensors file")
+    with pytest.raises(tg.WeightsError, match="corrupt"):
+        tg.harden(
+            trigger_model(),
+            train=train,
+            spec=tg.ClassIs(1),
+            family=family,
+            seed=0,
+            checkpoint_dir=ckpt,
+            resume=True,
+            **FAST,
+        )
+
+
+def test_diverging_run_stops_with_a_clear_error_and_keeps_last_good_checkpoint(
+    tmp_path, monkeypatch
+):
+    train, family = _task()
+    ckpt = tmp_path / "run"
+    real_ce = nn.functional.cross_entropy
+    calls = {"n": 0}
+
+    def ce_that_blows_up(*args, **kwargs):
+        calls["n"] += 1
+        loss = real_ce(*args, **kwargs)
+        return loss * float("nan") if calls["n"] == 5 else loss
+
+    monkeypatch.setattr(nn.functional, "cross_entropy", ce_that_blows_up)
+    with pytest.raises(tg.TrainingDivergedError, match="step 4"):
+        tg.harden(
+            trigger_model(),
+            train=train,
+            spec=tg.ClassIs(1),
+            family=family,
+            seed=0,
+            checkpoint_dir=ckpt,
+            **FAST,
+        )
+    _, meta = load_checkpoint(ckpt)
+    assert meta["step"] == 3
+
+
+def test_bad_input_is_named():
+    train, family = _task()
+    with pytest.raises(tg.ShapeMismatchError, match="family's are"):
+        tg.harden(
+            trigger_model(),
+            train=(torch.zeros(5, 3, 3), torch.zeros(5)),
+            spec=tg.ClassIs(1),
+            family=family,
+            **FAST,
+        )
+    with pytest.raises(tg.ShapeMismatchError, match="rows"):
+        tg.harden(
+            trigger_model(),
+            train=(torch.zeros(5, 4, 4), torch.zeros(4)),
+            spec=tg.ClassIs(1),
+            family=family,
+            **FAST,
+        )
+    with pytest.raises(tg.ShapeMismatchError, match="model failed"):
+        tg.harden(nn.Linear(3, 2), train=train, spec=tg.ClassIs(1), family=family, **FAST)
+    with pytest.raises(tg.ShapeMismatchError, match="only 2 outputs"):
+        tg.harden(trigger_model(), train=train, spec=tg.ClassIs(4), family=family, **FAST)
+    with pytest.raises(tg.InvalidArgumentError, match="no setting"):
+        tg.harden(trigger_model(), train=train, spec=tg.ClassIs(1), family=family, stepz=3)
+    with pytest.raises(tg.InvalidArgumentError, match="needs checkpoint_dir"):
+        tg.harden(
+            trigger_model(), train=train, spec=tg.ClassIs(1), family=family, resume=True, **FAST
+        )
