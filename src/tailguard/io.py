@@ -1,0 +1,425 @@
+"""Weights (safetensors only) and case configurations (TOML validated by pydantic).
+
+A case file names everything one estimate needs::
+
+    [model]
+    factory = "tailguard.models:mlp"     # "module:callable" returning an nn.Module
+    kwargs = { in_dim = 64, hidden = 32, out_dim = 10 }
+    weights = "digits_mlp.safetensors"   # optional, relative to this file
+
+    [distribution]
+    kind = "noisy_empirical"             # or "gaussian" (mean, std | cov)
+    points = "sklearn:digits"            # or a .safetensors tensor file
+    noise_std = 0.3
+
+    [spec]
+    kind = "class_is"                    # or "output_above" (index, threshold)
+    k = 0
+
+    [estimate]
+    method = "auto"
+    budget = 100000
+
+Configuration is data: the factory is imported by name (code the user already
+trusts, never ``exec``), and weight files are read with safetensors, which holds
+only tensors and a JSON header, so a hostile file cannot run code the way an
+unpickled ``torch.load`` file can. Every mistake becomes a ConfigError naming the
+file and the key, or a WeightsError naming the weight file.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from .dists import Distribution, Gaussian, NoisyEmpirical
+from .errors import ConfigError, TailguardError, WeightsError, require_extra
+from .estimate import estimate
+from .estimators.base import available, build
+from .result import Estimate
+from .specs import ClassIs, OutputAbove, Spec
+
+METADATA_KEY = "tailguard"
+_FACTORY = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
+
+# --------------------------------------------------------------------------------------------
+# weights
+# --------------------------------------------------------------------------------------------
+
+
+def save_weights(model: nn.Module, path: str | Path, metadata: dict[str, Any] | None = None) -> Path:
+    """Write ``model.state_dict()`` as safetensors, with ``metadata`` as JSON in the header.
+
+    Put the config that built the model in ``metadata``, so the file says how to rebuild it.
+    """
+    path = Path(path)
+    tensors = {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
+    save_file(tensors, str(path), metadata={METADATA_KEY: json.dumps(metadata or {})})
+    return path
+
+
+def read_safetensors(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """All tensors of a safetensors file and its tailguard metadata ({} if none).
+
+    Anything that is not a complete safetensors file (a pickle, a zip written by
+    ``torch.save``, random bytes, a truncated download) raises WeightsError.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"weights file {path} does not exist")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            header = handle.metadata() or {}
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise WeightsError(f"{path} is not a valid safetensors file ({exc})") from exc
+    try:
+        meta = json.loads(header.get(METADATA_KEY, "{}"))
+    except json.JSONDecodeError as exc:
+        raise WeightsError(f"{path} has a corrupt '{METADATA_KEY}' metadata entry") from exc
+    return tensors, meta
+
+
+def weights_metadata(path: str | Path) -> dict[str, Any]:
+    """The metadata ``save_weights`` stored in a weights file."""
+    return read_safetensors(path)[1]
+
+
+def _mismatches(expected: dict[str, Tensor], found: dict[str, Tensor]) -> list[str]:
+    """Human-readable differences between a model's state_dict and a file's tensors."""
+    problems = [f"missing {k}" for k in expected if k not in found]
+    problems += [f"unexpected {k}" for k in found if k not in expected]
+    problems += [
+        f"{k}: file {tuple(found[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in found and found[k].shape != v.shape
+    ]
+    return problems
+
+
+def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
+    """Load a safetensors file into ``model`` in place (strict: same keys, same shapes)."""
+    tensors, _ = read_safetensors(path)
+    problems = _mismatches(model.state_dict(), tensors)
+    if problems:
+        shown = "; ".join(problems[:8]) + (f"; ... ({len(problems)} in all)" if len(problems) > 8 else "")
+        raise WeightsError(f"weights in {path} do not fit the model: {shown}")
+    model.load_state_dict(tensors)
+    return model
+
+
+# --------------------------------------------------------------------------------------------
+# config schema
+# --------------------------------------------------------------------------------------------
+
+
+class _Section(BaseModel):
+    """Strict tables: misspelt keys and wrongly typed values are errors, never ignored."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+def _finite_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _number_list(v: Any, positive: bool = False) -> list[Any]:
+    """A (possibly nested) non-empty list of finite numbers, each > 0 if ``positive``."""
+    if not isinstance(v, list) or not v:
+        raise ValueError("must be a non-empty list of numbers")
+    flat = [x for row in v for x in (row if isinstance(row, list) else [row])]
+    if not all(_finite_number(x) for x in flat):
+        raise ValueError("must contain only finite numbers")
+    if positive and min(flat) <= 0:
+        raise ValueError(f"must be > 0 everywhere, got {min(flat)}")
+    return v
+
+
+class ModelSection(_Section):
+    factory: str
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    weights: str | None = None
+
+    @field_validator("factory")
+    @classmethod
+    def _factory_form(cls, v: str) -> str:
+        if not _FACTORY.match(v):
+            raise ValueError(f"must look like 'package.module:callable', got {v!r}")
+        return v
+
+
+class GaussianSection(_Section):
+    """mean: a list (nested for image shapes) or {dim = d, value = c}; std scalar/list, or cov."""
+
+    kind: Literal["gaussian"]
+    mean: Any
+    std: Any = None
+    cov: Any = None
+
+    @field_validator("mean")
+    @classmethod
+    def _mean(cls, v: Any) -> Any:
+        if isinstance(v, dict):
+            if set(v) != {"dim", "value"}:
+                raise ValueError("a constant mean needs exactly the keys 'dim' and 'value'")
+            if not isinstance(v["dim"], int) or isinstance(v["dim"], bool) or v["dim"] < 1:
+                raise ValueError(f"dim must be a positive int, got {v['dim']!r}")
+            if not _finite_number(v["value"]):
+                raise ValueError(f"value must be a finite number, got {v['value']!r}")
+            return [float(v["value"])] * v["dim"]
+        return _number_list(v)
+
+    @field_validator("std")
+    @classmethod
+    def _std(cls, v: Any) -> Any:
+        if v is None or isinstance(v, list):
+            return v if v is None else _number_list(v, positive=True)
+        if not _finite_number(v) or v <= 0:
+            raise ValueError(f"must be a number > 0 or a list of them, got {v!r}")
+        return float(v)
+
+    @field_validator("cov")
+    @classmethod
+    def _cov(cls, v: Any) -> Any:
+        if v is None:
+            return v
+        if not isinstance(v, list) or not all(isinstance(row, list) for row in v):
+            raise ValueError("must be a matrix: a list of rows")
+        return _number_list(v)
+
+
+class NoisyEmpiricalSection(_Section):
+    """points: "sklearn:digits" (optionally filtered by ``classes``) or a .safetensors file."""
+
+    kind: Literal["noisy_empirical"]
+    points: str
+    tensor: str | None = None
+    classes: list[Annotated[int, Field(ge=0, le=9)]] | None = None
+    noise_std: Annotated[float, Field(gt=0, allow_inf_nan=False)]
+
+
+class ClassIsSection(_Section):
+    kind: Literal["class_is"]
+    k: Annotated[int, Field(ge=0)]
+
+
+class OutputAboveSection(_Section):
+    kind: Literal["output_above"]
+    index: int
+    threshold: Annotated[float, Field(allow_inf_nan=False)]
+
+
+class EstimateSection(_Section):
+    method: str = "auto"
+    budget: Annotated[int, Field(ge=1)] = 300_000
+    seed: Annotated[int, Field(ge=0)] = 0
+    confidence: Annotated[float, Field(gt=0, lt=1)] = 0.95
+    settings: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, v: str) -> str:
+        if v != "auto" and v not in available():
+            raise ValueError(f"unknown method {v!r}; choose one of auto, {', '.join(available())}")
+        return v
+
+
+class CaseConfig(_Section):
+    model: ModelSection
+    distribution: Annotated[GaussianSection | NoisyEmpiricalSection, Field(discriminator="kind")]
+    spec: Annotated[ClassIsSection | OutputAboveSection, Field(discriminator="kind")]
+    estimate: EstimateSection = Field(default_factory=EstimateSection)
+
+
+_TAGGED = ("distribution", "spec")
+
+
+def _key(loc: tuple[Any, ...]) -> str:
+    """pydantic's error location as a dotted TOML key (the union's ``kind`` tag dropped)."""
+    parts: list[str] = []
+    for i, p in enumerate(loc):
+        if isinstance(p, int):
+            parts.append(f"[{p}]")
+        elif not (i == 1 and loc[0] in _TAGGED):
+            parts.append(("." if parts else "") + str(p))
+    return "".join(parts) or "(top level)"
+
+
+def _describe(exc: ValidationError) -> str:
+    msgs = []
+    for err in exc.errors():
+        msg = err["msg"].removeprefix("Value error, ")
+        msgs.append(f"{_key(err['loc'])}: {msg}")
+    return "; ".join(msgs)
+
+
+def load_config(path: str | Path) -> CaseConfig:
+    """Parse and validate a case file; ConfigError naming the file and the key on any mistake."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file {path} does not exist") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read config file ({exc})") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: malformed TOML: {exc}") from exc
+    try:
+        config = CaseConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: {_describe(exc)}") from exc
+    if config.estimate.settings:
+        if config.estimate.method == "auto":
+            raise ConfigError(f"{path}: estimate.settings: need an explicit estimate.method")
+        try:
+            build(config.estimate.method, config.estimate.settings)
+        except (TailguardError, TypeError, ValueError) as exc:
+            raise ConfigError(f"{path}: estimate.settings: {exc}") from exc
+    return config
+
+
+# --------------------------------------------------------------------------------------------
+# building the objects
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EstimateOptions:
+    """The keyword arguments of ``tailguard.estimate`` a case file sets."""
+
+    method: str = "auto"
+    budget: int = 300_000
+    seed: int = 0
+    confidence: float = 0.95
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Case:
+    """A model, a distribution, a spec and estimate options, as built from a case file."""
+
+    model: nn.Module
+    dist: Distribution
+    spec: Spec
+    options: EstimateOptions
+    config: CaseConfig
+    path: Path
+
+    def estimate(self, progress: bool = False, **overrides: Any) -> Estimate:
+        """Run ``tailguard.estimate`` with the file's options; ``overrides`` replace any of them.
+
+        Settings apply only to the file's own method: overriding ``method`` drops them.
+        """
+        opts = {**self.options.__dict__, **overrides}
+        settings = opts.pop("settings") if opts["method"] == self.options.method else {}
+        opts.pop("settings", None)
+        return estimate(self.model, self.dist, self.spec, progress=progress, **opts, **settings)
+
+
+def _resolve_factory(spec: str, path: Path) -> Any:
+    """Import ``module:attr`` (attr may be dotted) and return it, if callable."""
+    module_name, attr = spec.split(":")
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"{path}: model.factory: cannot import {module_name!r} ({exc})") from exc
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise ConfigError(f"{path}: model.factory: {spec!r} not found ({module_name} has no {attr})")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise ConfigError(f"{path}: model.factory: {spec!r} is not callable")
+    return obj
+
+
+def build_model(section: ModelSection, path: Path) -> nn.Module:
+    """Call the factory with its kwargs, check it made an nn.Module, load weights if given."""
+    factory = _resolve_factory(section.factory, path)
+    try:
+        model = factory(**section.kwargs)
+    except (TailguardError, TypeError, ValueError) as exc:
+        raise ConfigError(f"{path}: model.kwargs: {section.factory} rejected them ({exc})") from exc
+    if not isinstance(model, nn.Module):
+        raise ConfigError(
+            f"{path}: model.factory: {section.factory} returned {type(model).__name__}, "
+            "not a torch.nn.Module"
+        )
+    if section.weights is not None:
+        load_weights(model, path.parent / section.weights)
+    model.eval()
+    return model
+
+
+def digits_points(classes: list[int] | None) -> Tensor:
+    """scikit-learn's digits as (N, 8, 8) float64 in [0, 1], optionally only some classes."""
+    datasets: Any = require_extra("sklearn.datasets", "bench")
+    bunch = datasets.load_digits()
+    images = torch.tensor(bunch.images, dtype=torch.float64) / 16.0
+    if classes is None:
+        return images
+    keep = torch.isin(torch.tensor(bunch.target), torch.tensor(classes))
+    return images[keep]
+
+
+def _points(section: NoisyEmpiricalSection, path: Path) -> Tensor:
+    """The mixture centres (N, *event_shape) a noisy_empirical distribution is built on."""
+    if section.points == "sklearn:digits":
+        if section.tensor is not None:
+            raise ConfigError(f"{path}: distribution.tensor: only valid with a tensor file")
+        return digits_points(section.classes)
+    if section.classes is not None:
+        raise ConfigError(f"{path}: distribution.classes: only valid with points = 'sklearn:digits'")
+    try:
+        tensors, _ = read_safetensors(path.parent / section.points)
+    except WeightsError as exc:
+        raise ConfigError(f"{path}: distribution.points: {exc}") from exc
+    name = section.tensor
+    if name is None and len(tensors) != 1:
+        raise ConfigError(
+            f"{path}: distribution.tensor: {section.points} holds {len(tensors)} tensors; name one"
+        )
+    name = name if name is not None else next(iter(tensors))
+    if name not in tensors:
+        raise ConfigError(f"{path}: distribution.tensor: no tensor {name!r} in {section.points}")
+    return tensors[name].double()
+
+
+def build_distribution(section: GaussianSection | NoisyEmpiricalSection, path: Path) -> Distribution:
+    try:
+        if isinstance(section, GaussianSection):
+            cov = None if section.cov is None else torch.tensor(section.cov, dtype=torch.float64)
+            return Gaussian(torch.tensor(section.mean, dtype=torch.float64), section.std, cov)
+        return NoisyEmpirical(_points(section, path), section.noise_std)
+    except (TailguardError, ValueError, TypeError) as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(f"{path}: distribution: {exc}") from exc
+
+
+def build_spec(section: ClassIsSection | OutputAboveSection) -> Spec:
+    if isinstance(section, ClassIsSection):
+        return ClassIs(section.k)
+    return OutputAbove(section.index, section.threshold)
+
+
+def load_case(path: str | Path) -> Case:
+    """Read a case file and build its model (with weights), distribution and spec."""
+    path = Path(path)
+    config = load_config(path)
+    model = build_model(config.model, path)
+    dist = build_distribution(config.distribution, path)
+    est = config.estimate
+    options = EstimateOptions(est.method, est.budget, est.seed, est.confidence, dict(est.settings))
+    return Case(model, dist, build_spec(config.spec), options, config, path)
