@@ -31,6 +31,7 @@ class Gaussian(Distribution):
             raise InvalidArgumentError("give std or cov, not both")
         self.std: Tensor | None = None
         self.cov: Tensor | None = None
+        self._tril_cache: Tensor | None = None
         if cov is not None:
             c = as_float_tensor(cov, "cov")
             if c.shape != (d, d):
@@ -60,10 +61,18 @@ class Gaussian(Distribution):
         return self.std.double().reshape(-1).expand(self.dim)
 
     def scale_tril(self) -> Tensor:
-        """Lower-triangular L with cov = L L^T, (d, d), float64."""
-        if self.cov is not None:
+        """Lower-triangular L with cov = L L^T, (d, d), float64.
+
+        A fixed covariance (no autograd) is factorised once and reused, since MCMC
+        moves and importance weights ask for L on every call.
+        """
+        if self.cov is None:
+            return torch.diag(self._std_vec())
+        if self.cov.requires_grad:
             return torch.linalg.cholesky(self.cov.double())
-        return torch.diag(self._std_vec())
+        if self._tril_cache is None:
+            self._tril_cache = torch.linalg.cholesky(self.cov.double())
+        return self._tril_cache
 
     def covariance(self) -> Tensor:
         if self.cov is not None:
