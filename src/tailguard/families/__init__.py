@@ -1,6 +1,19 @@
 """Families of plausible input distributions for the adversary."""
 
+from .ball import PerturbationBall
 from .base import Family, Params, detach_params
+from .flow import FlowDistribution, FlowFamily
 from .patch import PatchFamily, stamp
+from .shift import GaussianShift
 
-__all__ = ["Family", "Params", "PatchFamily", "detach_params", "stamp"]
+__all__ = [
+    "Family",
+    "Params",
+    "PatchFamily",
+    "detach_params",
+    "stamp",
+    "FlowDistribution",
+    "FlowFamily",
+    "GaussianShift",
+    "PerturbationBall",
+]
