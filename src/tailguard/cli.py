@@ -75,12 +75,12 @@ def summary(est: Estimate, title: str) -> Panel:
 @app.command("estimate")
 def estimate_command(
     config: Annotated[Path, typer.Option("--config", "-c", help="Case file (TOML).")],
-    method: Annotated[str | None, typer.Option(help="Override [estimate] method.")] = None,
-    budget: Annotated[int | None, typer.Option(help="Override [estimate] budget.")] = None,
-    seed: Annotated[int | None, typer.Option(help="Override [estimate] seed.")] = None,
+    method: Annotated[str | None, typer.Option(help="Override estimate.method of the case file.")] = None,
+    budget: Annotated[int | None, typer.Option(help="Override estimate.budget (model calls).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Override estimate.seed.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print only the Estimate as JSON.")] = False,
 ) -> None:
-    """Estimate P[catastrophe] for the model, distribution and spec of a case file."""
+    """Estimate P(catastrophe) for the model, distribution and spec of a case file."""
     from .io import load_case
 
     overrides = {k: v for k, v in {"method": method, "budget": budget, "seed": seed}.items() if v is not None}
