@@ -120,10 +120,14 @@ class PGDSettings(AdversarialSettings):
 
 @dataclass(frozen=True)
 class LATSettings(AdversarialSettings):
-    """Perturb after module ``layer`` (None: first activation) within radius ``epsilon`` x mean norm."""
+    """Perturb after module ``layer`` (None: first activation) within radius ``epsilon`` x mean norm.
+
+    On the poisoned digits MLP and CNN, epsilon 0.1 / 0.2 / 0.3 trade clean test
+    accuracy for trigger removal; 0.2 cost about 0.5 / 2 points of accuracy there.
+    """
 
     layer: int | None = None
-    epsilon: float = 0.5
+    epsilon: float = 0.2
     pgd_steps: int = 5
     targeted: bool = True
 
