@@ -3,3 +3,4 @@
 from . import mc  # noqa: F401
 from . import splitting  # noqa: F401
 from . import importance  # noqa: F401
+from . import moments  # noqa: F401
