@@ -246,3 +246,31 @@ def fit_projected(
     covs = basis @ cov_r @ basis.T + (eye - basis @ basis.T)
     tril = torch.linalg.cholesky(0.5 * (covs + covs.transpose(1, 2)) + 1e-12 * eye)
     return Mixture(sub.log_weights, sub.means @ basis.T, tril)
+
+
+def blend(main: Mixture, earlier: list[Mixture], share: float) -> Mixture:
+    """(1 - share) main + share * (equal mixture of ``earlier``), as one mixture.
+
+    CE proposals narrow level by level and can starve a failure region that carries
+    little mass (a corner between two larger regions). The broader proposals of the
+    earlier levels still cover it, so keeping a small share of them in the final
+    proposal turns a silent underestimate into ordinary variance.
+    """
+    if not earlier or share <= 0.0:
+        return main
+    parts = [main, *earlier]
+    shares = [math.log1p(-share)] + [math.log(share / len(earlier))] * len(earlier)
+    d = main.means.shape[1]
+    eye = torch.eye(d, dtype=torch.float64)
+
+    def trils(m: Mixture) -> Tensor:
+        if m.scale_tril is not None:
+            return m.scale_tril
+        return eye.expand(m.n_components, d, d)
+
+    return Mixture(
+        torch.cat([m.log_weights + s for m, s in zip(parts, shares, strict=True)]),
+        torch.cat([m.means for m in parts]),
+        torch.cat([trils(m) for m in parts]) if any(m.scale_tril is not None for m in parts)
+        else None,
+    )

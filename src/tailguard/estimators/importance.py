@@ -27,7 +27,7 @@ from ..dists.base import Distribution
 from ..dists.empirical import NoisyEmpirical
 from ..dists.gaussian import Gaussian
 from ..errors import InvalidArgumentError
-from ..oracle import ScoreOracle, eval_mode
+from ..oracle import ScoreOracle
 from ..specs import Spec
 from . import _gmm
 from .base import Outcome, register
@@ -105,7 +105,9 @@ class ImportanceSampling:
     mixture size and covariance shrinkage for a Gaussian D. prior_count: how strongly a
     noisy empirical D's components resist moving (in effective elites).
     elite_ess_fraction: the elites' weights are tempered until their ESS is at least this
-    fraction of their number. temperature: of the soft spec in ``log_prob``.
+    fraction of their number. earlier_share: the share of the final proposal given to the
+    proposals of earlier levels (a guard against regions the last fit starved).
+    temperature: of the soft spec in ``log_prob``.
     """
 
     name: ClassVar[str] = "is"
@@ -120,6 +122,7 @@ class ImportanceSampling:
     prior_count: float = 20.0
     max_iterations: int = 60
     elite_ess_fraction: float = 0.5
+    earlier_share: float = 0.1
     temperature: float = 0.1
 
     def __post_init__(self) -> None:
@@ -135,6 +138,7 @@ class ImportanceSampling:
             "prior_count": self.prior_count >= 0.0,
             "max_iterations": self.max_iterations >= 1,
             "elite_ess_fraction": 0.0 < self.elite_ess_fraction <= 1.0,
+            "earlier_share": 0.0 <= self.earlier_share < 1.0,
             "temperature": self.temperature > 0.0,
         }
         for key, ok in checks.items():
@@ -163,22 +167,49 @@ class ImportanceSampling:
         """Run CE iterations within adapt_fraction * budget calls; returns (result, calls spent)."""
         n = self._level_size(budget)
         cap = int(self.adapt_fraction * budget)
-        q, levels, used = space.initial(), [], 0
+        q, levels, used, fitted = space.initial(), [], 0, []
         while used + n <= cap and len(levels) < self.max_iterations:
-            z = q.sample(n, generator)
-            s = score(space.to_x(z))
-            used += n
-            log_w = space.base_log_prob(z) - q.log_prob(z)
-            level = min(float(torch.quantile(s, 1.0 - self.rho)), 0.0)
-            elite = s >= level
-            if float(elite.double().mean()) > 2 * self.rho and bool((s > level).any()):
-                elite = s > level  # ties at the quantile (e.g. dead ReLUs) would stall the level
+            z, s, log_w = self._draw_level(space, q, score, n, cap - used, generator)
+            used += z.shape[0]
+            level, elite = self._elites(s)
             levels.append(level)
             fit_w = _temper(log_w[elite], self.elite_ess_fraction)
             q = space.refit(z[elite], fit_w, q, self, generator)
             if level >= 0.0:
-                return _Adapted(q, levels, True), used
-        return _Adapted(q, levels, False), used
+                return _Adapted(_gmm.blend(q, fitted, self.earlier_share), levels, True), used
+            fitted.append(q)
+        return _Adapted(_gmm.blend(q, fitted[:-1], self.earlier_share), levels, False), used
+
+    def _draw_level(self, space: _Space, q: _gmm.Mixture, score: ScoreFn, n: int, room: int,
+                    generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+        """Draws (m, d), scores (m,), log p/q (m,) for one CE iteration, m a multiple of n.
+
+        When the scores are tied at the top (dead ReLUs put most draws on one plateau),
+        more batches are drawn from the same q, while the budget allows, until at least
+        elites_per_component draws lie strictly above the plateau: a fit to two or three
+        elites would lose failure regions.
+        """
+        zs, ss = [], []
+        while True:
+            zs.append(q.sample(n, generator))
+            ss.append(score(space.to_x(zs[-1])))
+            s = torch.cat(ss)
+            _, elite = self._elites(s)
+            if int(elite.sum()) >= self.elites_per_component or (len(zs) + 1) * n > room:
+                break
+        z = torch.cat(zs)
+        return z, s, space.base_log_prob(z) - q.log_prob(z)
+
+    def _elites(self, s: Tensor) -> tuple[float, Tensor]:
+        """The level min(quantile_{1-rho}(s), 0) and the elite mask (m,).
+
+        Ties at the quantile make the elites strictly above it, or the level would stall.
+        """
+        level = min(float(torch.quantile(s, 1.0 - self.rho)), 0.0)
+        elite = s >= level
+        if float(elite.double().mean()) > 2 * self.rho and bool((s > level).any()):
+            elite = s > level
+        return level, elite
 
     # --- estimation -----------------------------------------------------------------------
     def run(
@@ -204,15 +235,27 @@ class ImportanceSampling:
         q is adapted without gradients; gradients reach the model through the soft spec
         and D's parameters through ``dist.log_prob`` on the (fixed) draws.
         """
+        x, log_q = self.fixed_draws(model, dist, spec, budget, generator)
+        return self.surrogate(model, dist, spec, x, log_q)
+
+    def fixed_draws(
+        self, model: nn.Module, dist: Distribution, spec: Spec, budget: int,
+        generator: torch.Generator,
+    ) -> tuple[Tensor, Tensor]:
+        """Adapt q without gradients; return its draws x (n, *event_shape) and log q_x(x) (n,)."""
         oracle = ScoreOracle(model, dist, spec)
         space = _Space(dist)
         with torch.no_grad():
             adapted, used = self._adapt(space, oracle.scores, budget, generator)
             z = adapted.proposal.sample(budget - used, generator)
             log_q = adapted.proposal.log_prob(z) + space.log_jac
-        x = space.to_x(z)
-        with eval_mode(model):
-            soft = spec.soft(x, oracle.outputs(x), self.temperature).double()
+        return space.to_x(z), log_q
+
+    def surrogate(self, model: nn.Module, dist: Distribution, spec: Spec, x: Tensor,
+                  log_q: Tensor) -> Tensor:
+        """logmeanexp(log p_D(x) - log q(x) + soft(x)): differentiable in the model and D."""
+        y = ScoreOracle(model, dist, spec).outputs(x)
+        soft = spec.soft(x, y, self.temperature).double()
         return logmeanexp(dist.log_prob(x).double() - log_q + soft)
 
 
