@@ -149,7 +149,7 @@ def test_ball_project_linf_clips_each_entry():
     family.project(params)
     assert torch.equal(params["delta"].detach(), once)
     for c in family.candidates(10, _gen(0)):
-        assert float(c["delta"].abs().max()) <= 0.5 and c["delta"].requires_grad
+        assert float(c["delta"].detach().abs().max()) <= 0.5 and c["delta"].requires_grad
 
 
 def test_ball_project_l2_rescales_onto_the_sphere():
@@ -163,7 +163,7 @@ def test_ball_project_l2_rescales_onto_the_sphere():
     inside = family.params_at(torch.tensor([0.1, 0.2, 0.0, 0.0], dtype=torch.float64))
     family.project(inside)
     assert torch.allclose(inside["delta"].detach(), torch.tensor([0.1, 0.2, 0.0, 0.0], dtype=torch.float64))
-    norms = [float(c["delta"].norm()) for c in family.candidates(20, _gen(0))]
+    norms = [float(c["delta"].detach().norm()) for c in family.candidates(20, _gen(0))]
     assert max(norms) <= 1.0 and min(norms) > 0
 
 
@@ -211,7 +211,8 @@ def test_flow_is_invertible_and_its_density_normalises():
     back, _ = flow_inverse(params, family.masks, flow_forward(params, family.masks, z)[0])
     assert torch.allclose(back, z, atol=1e-10)
     x = member.sample(100_000, _gen(4))
-    log_w = base.log_prob(x) - member.log_prob(x)  # E_member[p_base / q] = 1 for a normalised q
+    with torch.no_grad():
+        log_w = base.log_prob(x) - member.log_prob(x)  # E_member[p_base / q] = 1 for a normalised q
     mean_w = float(torch.exp(log_w).mean())
     assert 0.1 < _kl(family, params) < 2.0
     assert mean_w == pytest.approx(1.0, abs=0.05)
@@ -264,6 +265,16 @@ def test_attack_over_flow_raises_the_probability_above_the_base(bound):
     family = FlowFamily(base, n_layers=2, hidden=16, **bound)
     att = tg.attack(_linear(w), spec, family, budget=40_000, seed=0, method="mc", **SMALL_ATTACK)
     assert att.estimate.ci_log10[0] > base_log10 + 1.0
+    # the internal fixed-draw KL agrees with a fresh Monte-Carlo KL of the member found
+    x = att.dist.sample(20_000, _gen(9))
+    with torch.no_grad():
+        fresh_kl = float((att.dist.log_prob(x) - base.log_prob(x)).mean())
+    assert fresh_kl == pytest.approx(family.describe(att.params)["kl"], abs=0.15)
+    # data processing: KL(q || p) >= kl(q(C) || p(C)) caps what any member can reach
+    p = 10**base_log10
+    binary_kl = lambda q: q * math.log(q / p) + (1 - q) * math.log((1 - q) / (1 - p))  # noqa: E731
+    cap = optimize.brentq(lambda q: binary_kl(q) - fresh_kl, p, 1 - 1e-12)
+    assert att.estimate.ci_log10[0] < math.log10(cap)
     if "max_kl" in bound:
         assert family.describe(att.params)["kl"] <= 1.0
 
