@@ -157,10 +157,15 @@ class FlowFamily(Family):
     """Members: RealNVP flows of the base Gaussian, plausible when their KL to it is small.
 
     Parameters: for each layer l, ``l.w1`` (d, hidden), ``l.b1`` (hidden), and the
-    output layers ``l.ws``, ``l.wt`` (hidden, d), ``l.bs``, ``l.bt`` (d). The KL is
-    estimated on ``kl_samples`` fixed base draws; it is exact in expectation, and a
-    flow with many more weights than draws could learn to look close on those
-    draws alone, so keep ``kl_samples`` well above the dimension.
+    output layers ``l.ws``, ``l.wt`` (hidden, d), ``l.bs``, ``l.bt`` (d), stored at
+    unit scale (see ``gain``). Candidates draw the output layers with stored std
+    ``init_scale`` (s and t of about 0.1 init_scale: near the identity).
+
+    The KL is estimated on ``kl_samples`` fixed base draws; it is unbiased for any
+    fixed weights, but a flow with many more weights than draws could learn to look
+    close on those draws alone, so keep ``kl_samples`` well above the dimension.
+    ``member`` uses the weights as given: the bound max_kl holds after ``project``,
+    which the attack calls after every step.
     """
 
     def __init__(

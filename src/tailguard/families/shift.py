@@ -117,6 +117,7 @@ class GaussianShift(Family):
         """t -> KL(t shift, t ln s) as a plain float function (increasing in t >= 0)."""
         sq = float((params["shift"].detach().double() ** 2).sum())
         a = float(self._log_scale(params).detach())
+
         def kl_at(t: float) -> float:
             b = min(2 * t * a, 700.0)  # beyond this the KL is astronomically infeasible anyway
             return 0.5 * t * t * sq + 0.5 * self.d * (math.expm1(b) - b)
