@@ -9,11 +9,11 @@ counted identically. The limit state is the spec's score, the event score > 0;
 D becomes ``ot.Normal`` with the same mean and covariance.
 
 Budget: both algorithms spend N model calls per step, and the number of steps is
-unknown in advance. A pilot run with small N counts the steps; the main run then
-takes N = (budget - pilot calls) / (steps + 2). A stop callback interrupts any run
-whose next block would exceed the budget; then the pilot's estimate is reported,
-with a warning. OpenTURNS has one global random generator; it is seeded from the
-run's seed before each run.
+unknown in advance. A pilot run with N = max(250, budget / 50) counts the steps;
+the main run then takes N = (budget - pilot calls) / (steps + 2). A stop callback
+interrupts any run whose next block would exceed the budget; then (or if the main
+run fails) the pilot's estimate is reported, with a warning. OpenTURNS has one
+global random generator; it is seeded from the run's seed before each run.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from torch import nn
 from .._logspace import normal_log_ci, to_log10
 from ..dists import Gaussian
 from ..dists.base import Distribution
-from ..errors import BudgetError, UnsupportedError, require_extra
+from ..errors import BudgetError, TailguardError, UnsupportedError, require_extra
 from ..oracle import ScoreOracle
 from ..result import Estimate
 from ..specs import Spec
@@ -38,6 +38,10 @@ from ..specs import Spec
 OT_METHODS = ("openturns-subset", "openturns-ce")
 LEVEL_PROBABILITY = 0.1  # conditional probability per subset step / CE quantile level
 MIN_BUDGET = 2_000
+
+
+class OpenTurnsFailure(TailguardError, RuntimeError):
+    """OpenTURNS itself failed (e.g. a degenerate cross-entropy fit at a small N)."""
 
 
 def unsupported_reason(dist: Distribution) -> str | None:
@@ -82,8 +86,8 @@ def _algorithm(ot: Any, method: str, event: Any, n: int) -> Any:
 
 
 def _run_once(ot: Any, method: str, event: Any, n: int, oracle: ScoreOracle,
-              budget: int, seed: int) -> dict[str, Any] | None:
-    """One run with n per step; None if it was interrupted at the budget."""
+              budget: int, seed: int) -> dict[str, Any] | str:
+    """One run with n per step, or a sentence saying why it gave no result."""
     ot.RandomGenerator.SetSeed(seed)
     start_calls = oracle.n_calls
     algo = _algorithm(ot, method, event, n)
@@ -91,8 +95,10 @@ def _run_once(ot: Any, method: str, event: Any, n: int, oracle: ScoreOracle,
     algo.setStopCallback(stop)  # the reference must outlive run()
     try:
         algo.run()
-    except RuntimeError:
-        return None
+    except (RuntimeError, TypeError, ValueError) as exc:  # what OpenTURNS' errors map to
+        if oracle.n_calls + n > budget:
+            return f"stopped before exceeding the budget after {oracle.n_calls:,} calls"
+        return f"OpenTURNS failed with N = {n}: {str(exc).strip()}"
     result = algo.getResult()
     return {"p": float(result.getProbabilityEstimate()),
             "cov": float(result.getCoefficientOfVariation()),
@@ -115,15 +121,17 @@ def run_openturns(method: str, model: nn.Module, dist: Distribution, spec: Spec,
     started = time.perf_counter()
     oracle = ScoreOracle(model, dist, spec)
     event = _event(ot, oracle, dist)
-    pilot = _run_once(ot, method, event, max(100, budget // 100), oracle, budget, seed)
+    pilot = _run_once(ot, method, event, max(250, budget // 50), oracle, budget, seed)
+    if isinstance(pilot, str):
+        raise OpenTurnsFailure(f"{method} pilot run: {pilot}")
     warnings: list[str] = []
-    if pilot is None:
-        raise BudgetError(f"{method}: even the pilot run did not fit in {budget:,} model calls")
     n_main = (budget - oracle.n_calls) // (pilot["steps"] + 2)
-    main = _run_once(ot, method, event, n_main, oracle, budget, seed + 1) if n_main >= 100 else None
-    if main is None:
+    main: dict[str, Any] | str = "too little budget left after the pilot"
+    if n_main >= 100:
+        main = _run_once(ot, method, event, n_main, oracle, budget, seed + 1)
+    if isinstance(main, str):
+        warnings.append(f"main run: {main}; the pilot's estimate is given")
         main = pilot
-        warnings.append("the main run would have exceeded the budget; the pilot's estimate is given")
     return _estimate(method, main, pilot, oracle.n_calls, time.perf_counter() - started,
                      seed, confidence, warnings)
 
