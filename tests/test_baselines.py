@@ -22,15 +22,6 @@ EXTRA = {
 }
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors gain nothing from threads and lose a lot on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _task():
     x = base_images(128, seed=1)
     y = torch.zeros(128, dtype=torch.long)

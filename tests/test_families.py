@@ -11,18 +11,6 @@ from tailguard.families import FlowDistribution, FlowFamily, GaussianShift, Pert
 from tailguard.families.flow import flow_forward, flow_inverse
 from tailguard.families.shift import gaussian_shift_kl
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These tests push small batches, where intra-op threads cost far more than they save."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 SMALL_ATTACK = {"candidates": 16, "restarts": 2, "steps": 25, "samples": 256}
 
 

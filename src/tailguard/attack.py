@@ -108,18 +108,17 @@ def refine(
     opt = torch.optim.Adam(leaves, lr=settings.lr)
     best, best_value, trace = detach_params(params), -math.inf, []
     for _ in range(steps):
-        value = surrogate_log_prob(
-            oracle, family, params, settings.samples, settings.temperature, generator
-        )
+        before = detach_params(params)
+        value = surrogate_log_prob(oracle, family, params, settings.samples, settings.temperature, generator)
+        trace.append(float(value.detach()))
+        if trace[-1] > best_value:
+            best_value, best = trace[-1], before
         grads = torch.autograd.grad(-value, leaves)
         for leaf, g in zip(leaves, grads, strict=True):
             leaf.grad = g
         opt.step()
         with torch.no_grad():
             family.project(params)
-        trace.append(float(value.detach()))
-        if trace[-1] > best_value:
-            best_value, best = trace[-1], detach_params(params)
     for k, v in best.items():
         if params[k].requires_grad:
             v.requires_grad_(True)
