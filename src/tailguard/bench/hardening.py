@@ -64,9 +64,7 @@ def digits_task(arch: str = "mlp", seed: int = 0) -> HardenTask:
     torch.manual_seed(seed)
     model = digits.train_classifier(factory(), x_poisoned, y_poisoned, seed=seed)
     test_bases = data.non_target("test")
-    triggers = {
-        t.name: NoisyEmpirical(t.apply(test_bases), NOISE_STD) for t in digits.evaluation_triggers()
-    }
+    triggers = {t.name: NoisyEmpirical(t.apply(test_bases), NOISE_STD) for t in digits.evaluation_triggers()}
     return HardenTask(
         name=f"digits-{arch}",
         start_model=model,
@@ -124,19 +122,33 @@ def judge(model: nn.Module, task: HardenTask, method: str, budget: int, seed: in
     out: dict[str, Any] = {"test_accuracy": acc}
     for name, dist in targets.items():
         est = estimate(model, dist, task.spec, method=method, budget=budget, seed=seed)
-        out[name] = {"log10_p": est.log10_p, "ci_log10": list(est.ci_log10), "method": est.method,
-                     "n_model_calls": est.n_model_calls, "warnings": list(est.warnings)}
+        out[name] = {
+            "log10_p": est.log10_p,
+            "ci_log10": list(est.ci_log10),
+            "method": est.method,
+            "n_model_calls": est.n_model_calls,
+            "warnings": list(est.warnings),
+        }
     return out
 
 
 def train_method(task: HardenTask, method: str, seed: int, steps: int) -> tuple[nn.Module, float]:
     """Run ``method`` from the task's start model; returns the model and the wall time."""
     start = time.perf_counter()
-    common = dict(train=task.train, spec=task.spec, family=task.family, seed=seed, test=task.test,
-                  steps=steps, eval_every=steps, eval_budget=2_000, eval_method="mc", held_out=1)
+    common = dict(
+        train=task.train,
+        spec=task.spec,
+        family=task.family,
+        seed=seed,
+        test=task.test,
+        steps=steps,
+        eval_every=steps,
+        eval_budget=2_000,
+        eval_method="mc",
+        held_out=1,
+    )
     if method == "harden":
-        result = harden(task.start_model, deployment=task.train_deployment,
-                        **common, **task.harden_settings)
+        result = harden(task.start_model, deployment=task.train_deployment, **common, **task.harden_settings)
     else:
         result = run_baseline(method, task.start_model, **common)
     return result.model, time.perf_counter() - start
