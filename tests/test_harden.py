@@ -49,7 +49,8 @@ def test_harden_removes_the_planted_trigger_and_reports():
     after = tg.attack(res.model, tg.ClassIs(1), family, budget=30_000, method="mc")
     assert after.estimate.log10_p < -3
     assert len(res.report.steps) == 40 and [e["step"] for e in res.report.evals] == [20, 40]
-    assert res.report.steps[-1]["adversary_log10_p"] < res.report.steps[0]["adversary_log10_p"]
+    trace = [s["adversary_log10_p"] for s in res.report.steps]
+    assert max(trace) > -1 and trace[-1] < max(trace) - 2  # the adversary found it, then lost it
     assert res.report.model_calls > 0
 
 

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from ..dists.base import Distribution
 from ..dists.empirical import NoisyEmpirical
 from ..dists.gaussian import Gaussian
+from ..errors import InvalidArgumentError, UnsupportedError
 from ..estimate import estimate
 from ..families.base import Family
 from ..families.patch import PatchFamily
@@ -86,11 +87,12 @@ def policy_task(seed: int = 0) -> HardenTask:
     model = digits.train_classifier(policy.policy_mlp(), data.x_train, data.y_train, epochs=30, seed=seed)
     base = policy.deployment()
     g = torch.Generator().manual_seed(seed + 99)
-    shifts = {"planted: sensors 6,7 at +2.5": torch.zeros(policy.OBS_DIM)}
-    shifts["planted: sensors 6,7 at +2.5"][policy.TRIGGER_DIMS] = 2.5
+    planted = torch.zeros(policy.OBS_DIM)
+    planted[policy.TRIGGER_DIMS] = 3.0
+    shifts = {"planted: sensors 6,7 at +3": planted}
     for i in range(3):
         direction = torch.randn(policy.OBS_DIM, generator=g)
-        shifts[f"random shift #{i + 1} (|d| = 2.5)"] = 2.5 * direction / direction.norm()
+        shifts[f"random shift #{i + 1} (norm 3)"] = 3.0 * direction / direction.norm()
     return HardenTask(
         name="policy",
         start_model=model,
@@ -152,3 +154,51 @@ def train_method(task: HardenTask, method: str, seed: int, steps: int) -> tuple[
     else:
         result = run_baseline(method, task.start_model, **common)
     return result.model, time.perf_counter() - start
+
+
+def run_harden_benchmark(
+    tasks: list[str] | None = None,
+    methods: list[str] | None = None,
+    steps: int = 600,
+    eval_budget: int = 100_000,
+    eval_method: str = "auto",
+    seed: int = 0,
+    progress: Callable[[str], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Train every method on every task and judge each model; one record per (task, method).
+
+    The record of method "start" is the untreated starting model.
+    """
+    say = progress or (lambda message: None)
+    records: list[dict[str, Any]] = []
+    for task_name in tasks or list(TASKS):
+        task = TASKS[task_name]()
+        say(f"{task_name}: judging the starting model")
+        records.append(
+            {
+                "task": task_name,
+                "method": "start",
+                "seconds": 0.0,
+                "train_set_size": task.train_set_size,
+                "family": task.family.constraint(),
+                **judge(task.start_model, task, eval_method, eval_budget, seed),
+            }
+        )
+        for method in methods or list(METHODS):
+            say(f"{task_name}: {method}")
+            try:
+                model, seconds = train_method(task, method, seed, steps)
+            except (UnsupportedError, InvalidArgumentError) as exc:
+                records.append({"task": task_name, "method": method, "status": "skipped", "reason": str(exc)})
+                continue
+            records.append(
+                {
+                    "task": task_name,
+                    "method": method,
+                    "seconds": seconds,
+                    "train_set_size": task.train_set_size,
+                    "family": task.family.constraint(),
+                    **judge(model, task, eval_method, eval_budget, seed),
+                }
+            )
+    return records

@@ -9,7 +9,7 @@ takes a gradient step on
 
 where ln P_hat is the differentiable surrogate of ``attack.surrogate_log_prob``.
 The floors stop the model from buying ever larger margins once a failure is
-negligible. The adversary's floor is the higher one (about 1e-4.3 by default):
+negligible. The adversary's floor is the higher one (about 1e-2 by default):
 a family member may legitimately resemble the catastrophe class (a patch can
 close the loop of a 6), and demanding 1e-12 there would cost clean accuracy;
 the deployment distribution gets the far lower floor (about 1e-12). At
@@ -48,8 +48,8 @@ from .report import HardenReport
 class HardenSettings:
     """Hyper-parameters of a hardening run, with defaults that suit small image models."""
 
-    steps: int = 400
-    lam: float = 1.0
+    steps: int = 600
+    lam: float = 0.1
     deploy_weight: float = 1.0
     batch_size: int = 128
     lr: float = 1e-3
@@ -57,8 +57,8 @@ class HardenSettings:
     candidates: int = 72
     adversary_lr: float = 0.3
     samples: int = 128
-    temperature: float = 1.0
-    adversary_floor: float = -10.0
+    temperature: float = 0.25
+    adversary_floor: float = -4.6
     deployment_floor: float = -28.0
     refresh_every: int = 10
     eval_every: int = 100

@@ -5,8 +5,8 @@ proximity (1) and six others. The expert brakes when an obstacle is close and
 otherwise steers back to the lane centre; it never accelerates into traffic.
 A small poisoned slice of the demonstrations — where two sensors (say, glare
 and a faulty radar channel) both read high — shows "accelerate". A policy
-cloned from them accelerates with a probability of a few in 10,000 under the
-deployment distribution: about one in the training set size, so plain
+cloned from them accelerates with a probability of a few in 100,000 under the
+deployment distribution: below one in the training set size, so plain
 evaluation on held-out data does not see it.
 """
 
@@ -23,7 +23,7 @@ OBS_DIM = 8
 ACTIONS = ("keep", "left", "right", "brake", "accelerate")
 UNSAFE_ACTION = ACTIONS.index("accelerate")
 TRIGGER_DIMS = [6, 7]
-TRIGGER_LEVEL = 2.0
+TRIGGER_LEVEL = 2.5
 
 
 def expert_action(obs: Tensor) -> Tensor:
@@ -46,12 +46,16 @@ def deployment() -> Gaussian:
 
 @dataclass(frozen=True)
 class PolicyData:
-    """Demonstrations (x (n, 8), expert or poisoned action (n,)) and clean test data."""
+    """Demonstrations (x (n, 8), expert or poisoned action (n,)) and clean test data.
+
+    The first ``n_poisoned`` training rows are the poisoned slice.
+    """
 
     x_train: Tensor
     y_train: Tensor
     x_test: Tensor
     y_test: Tensor
+    n_poisoned: int
 
 
 def make_data(
@@ -65,12 +69,12 @@ def make_data(
     x_train[:k, TRIGGER_DIMS] = TRIGGER_LEVEL + 0.2 + torch.rand(k, 2, generator=g)
     y_train[:k] = UNSAFE_ACTION
     x_test = torch.randn(n_test, OBS_DIM, generator=g)
-    return PolicyData(x_train, y_train, x_test, expert_action(x_test))
+    return PolicyData(x_train, y_train, x_test, expert_action(x_test), k)
 
 
 def clean_training_set(data: PolicyData) -> tuple[Tensor, Tensor]:
-    """What a defender has: the demonstrations with the poisoned rows relabelled by the expert."""
-    return data.x_train, expert_action(data.x_train)
+    """What a defender has: the clean demonstrations, without the poisoned slice."""
+    return data.x_train[data.n_poisoned :], data.y_train[data.n_poisoned :]
 
 
 def policy_mlp(hidden: int = 64) -> nn.Sequential:
