@@ -56,8 +56,8 @@ PRESETS: dict[str, Preset] = {
 
 
 def all_methods() -> list[str]:
-    """Registered tailguard estimators, then the OpenTURNS baselines."""
-    return [*available(), *OT_METHODS]
+    """"auto", the registered tailguard estimators, then the OpenTURNS baselines."""
+    return ["auto", *available(), *OT_METHODS]
 
 
 def preset_cases(name: str) -> list[Case]:
