@@ -17,7 +17,7 @@ from .errors import (
 )
 from .estimate import estimate, log_prob
 from .estimators.base import available as available_methods
-from .families import Family, PatchFamily
+from .families import Family, FlowFamily, GaussianShift, PatchFamily, PerturbationBall
 from .harden import HardenReport, HardenResult, harden
 from .result import Estimate
 from .specs import ClassIs, OutputAbove, Predicate, Spec
@@ -27,6 +27,9 @@ __version__ = "0.1.0"
 __all__ = [
     "AttackResult",
     "Family",
+    "FlowFamily",
+    "GaussianShift",
+    "PerturbationBall",
     "HardenReport",
     "HardenResult",
     "PatchFamily",
