@@ -1,5 +1,6 @@
 """The command line: JSON output that round-trips, readable summaries, clean failures."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -101,8 +102,25 @@ def test_methods_lists_registered_estimators():
     assert "mc" in tg.available_methods()
 
 
+def test_bench_writes_a_report(tmp_path):
+    args = ["bench", "--quick", "--methods", "mc", "--budgets", "1000", "--seeds", "0"]
+    result = runner.invoke(app, [*args, "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    log = json.loads((tmp_path / "estimation.json").read_text())
+    assert {r["method"] for r in log["records"]} == {"mc"}
+    assert all(r["model_calls"] == 1000 for r in log["records"])
+    assert (tmp_path / "estimation.md").is_file() and "mc" in result.stdout
+
+
+@pytest.mark.parametrize("bad", [["--methods", "nope"], ["--seeds", "0,x"], ["--backend", "mars"]])
+def test_bench_bad_options_exit_2(tmp_path, bad):
+    result = runner.invoke(app, ["bench", "--quick", "--out", str(tmp_path), *bad])
+    assert result.exit_code == 2 and "error" in result.stderr
+    assert "Traceback" not in result.output
+
+
 @pytest.mark.slow
 def test_demo_runs_and_recovers_the_exact_answer():
-    result = runner.invoke(app, ["demo"])
+    result = runner.invoke(app, ["demo", "--part", "estimate"])
     assert result.exit_code == 0, result.output
     assert "exact log10 p -9.01 is inside" in result.stdout

@@ -7,8 +7,9 @@ status 2, without a traceback; bugs still show theirs.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -18,7 +19,7 @@ from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 
-from .errors import TailguardError
+from .errors import InvalidArgumentError, TailguardError
 from .estimators.base import DifferentiableEstimator, available, build
 from .result import Estimate
 
@@ -47,6 +48,8 @@ def _bad_input_exits() -> Iterator[None]:
 
 
 def _format_value(value: Any) -> str:
+    if value is None:
+        return "-"
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
@@ -106,10 +109,91 @@ def methods_command() -> None:
     Console().print(table)
 
 
+class DemoPart(StrEnum):
+    estimate = "estimate"
+    harden = "harden"
+    all = "all"
+
+
 @app.command("demo")
-def demo_command() -> None:
-    """Walk through estimation: exact answer, plain sampling, rare-event estimate, a digits model."""
+def demo_command(
+    part: Annotated[DemoPart, typer.Option(help="Which walkthrough to run.")] = DemoPart.all,
+    out: Annotated[Path, typer.Option(help="Folder for the harden report.")] = Path("tailguard-demo"),
+    steps: Annotated[int, typer.Option(help="Hardening steps.")] = 600,
+) -> None:
+    """Walk through estimate (exact answer, sampling, rare-event CI), then attack and harden."""
     from . import demo
 
+    console = Console()
     with _bad_input_exits():
-        demo.run()
+        if part in (DemoPart.estimate, DemoPart.all):
+            demo.run(console)
+        if part in (DemoPart.harden, DemoPart.all):
+            from . import demo_harden
+
+            demo_harden.run(out_dir=out, steps=steps, console=console)
+
+
+def _csv(text: str | None, convert: Callable[[str], Any], option: str) -> list[Any] | None:
+    """Parse a comma-separated option; None when the option was not given."""
+    if text is None:
+        return None
+    try:
+        return [convert(item.strip()) for item in text.split(",") if item.strip()]
+    except ValueError as exc:
+        raise InvalidArgumentError(f"{option} must be a comma-separated list, got {text!r}") from exc
+
+
+def _bench_summary(rows: list[dict[str, Any]]) -> Table:
+    table = Table(title="|log10 error| for 1e-13 <= p <= 1e-6; CI coverage over all runs")
+    columns = {
+        "method": "method",
+        "budget": "budget",
+        "completed": "runs",
+        "median_abs_log10_error": "median |err|",
+        "max_abs_log10_error": "max |err|",
+        "coverage": "coverage",
+        "median_model_calls": "calls",
+        "median_seconds": "seconds",
+    }
+    for name, header in columns.items():
+        table.add_column(header, justify="left" if name == "method" else "right")
+    for row in rows:
+        table.add_row(*(escape(_format_value(row[name])) for name in columns))
+    return table
+
+
+@app.command("bench")
+def bench_command(
+    quick: Annotated[bool, typer.Option(help="The quick preset (about a minute) instead of full.")] = False,
+    backend: Annotated[str, typer.Option(help="'local' or 'ray'.")] = "local",
+    out: Annotated[Path, typer.Option(help="Folder for estimation.{json,md,png}.")] = Path("benchmarks"),
+    methods: Annotated[str | None, typer.Option(help="Comma-separated methods (default all).")] = None,
+    budgets: Annotated[str | None, typer.Option(help="Comma-separated model-call budgets.")] = None,
+    seeds: Annotated[str | None, typer.Option(help="Comma-separated seeds.")] = None,
+) -> None:
+    """Run every estimator (and OpenTURNS) on cases with known answers; write a report."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    with _bad_input_exits():
+        from .bench import run_estimation_benchmark, summarise, write_report
+
+        preset = "quick" if quick else "full"
+        options = {
+            "methods": _csv(methods, str, "--methods"),
+            "budgets": _csv(budgets, int, "--budgets"),
+            "seeds": _csv(seeds, int, "--seeds"),
+        }
+        with Progress(
+            "[bold]bench", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), transient=True
+        ) as bar:
+            task = bar.add_task("bench", total=None)
+
+            def progress(record: dict[str, Any], done: int, total: int) -> None:
+                bar.update(task, completed=done, total=total)
+
+            records = run_estimation_benchmark(**options, backend=backend, progress=progress, preset=preset)
+        config = {"preset": preset, "backend": backend, **options}
+        paths = write_report(records, out, config=config)
+    Console().print(_bench_summary(summarise(records)))
+    Console().print(f"report: {', '.join(str(p) for p in paths.values())}")
