@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from ._logspace import to_log10
 from .dists.base import Distribution
 from .errors import BudgetError, InvalidArgumentError, UnsupportedError
-from .estimators.auto import choose_method
+from .estimators.auto import run_auto
 from .estimators.base import DifferentiableEstimator, build, settings_of
 from .oracle import ScoreOracle, eval_mode
 from .result import Estimate
@@ -83,22 +83,26 @@ def estimate(
     if not 0.0 < confidence < 1.0:
         raise InvalidArgumentError(f"confidence must be in (0, 1), got {confidence!r}")
     generator, seed_value = make_generator(seed)
-    chosen = choose_method(model, dist, spec, budget) if method == "auto" else method
     if method == "auto" and settings:
         raise InvalidArgumentError("settings need an explicit method; with method='auto' give none")
-    estimator = build(chosen, settings)
-    reason = estimator.unsupported_reason(model, dist, spec)
-    if reason is not None:
-        raise UnsupportedError(f"method {chosen!r} cannot be used here: {reason}")
-    if budget < estimator.min_budget():
-        raise BudgetError(
-            f"budget {budget:,} is too small for method {chosen!r}; it needs at least "
-            f"{estimator.min_budget():,} model calls"
-        )
+    if method != "auto":
+        estimator = build(method, settings)
+        reason = estimator.unsupported_reason(model, dist, spec)
+        if reason is not None:
+            raise UnsupportedError(f"method {method!r} cannot be used here: {reason}")
+        if budget < estimator.min_budget():
+            raise BudgetError(
+                f"budget {budget:,} is too small for method {method!r}; it needs at least "
+                f"{estimator.min_budget():,} model calls"
+            )
     start = time.perf_counter()
-    with _progress_bar(progress, budget, f"estimate ({chosen})") as on_calls:
+    with _progress_bar(progress, budget, f"estimate ({method})") as on_calls:
         oracle = ScoreOracle(model, dist, spec, on_calls=on_calls)
-        outcome = estimator.run(oracle, budget, generator, confidence)
+        if method == "auto":
+            chosen, outcome = run_auto(oracle, budget, generator, confidence)
+            estimator = build(chosen, {})
+        else:
+            chosen, outcome = method, estimator.run(oracle, budget, generator, confidence)
     seconds = time.perf_counter() - start
     low, high = outcome.ci
     return Estimate(

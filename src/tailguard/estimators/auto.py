@@ -1,20 +1,28 @@
 """``method="auto"``: pick the estimator that suits the model, D and spec.
 
-Order of preference (measured in benchmarks/estimate.md): importance sampling
-when D has a density and the spec is graded, then splitting when D has a
-reversible move, then plain sampling. Black-box predicates get plain sampling,
-the only method that needs nothing but a yes/no answer.
+First a pilot of plain sampling spends a fifth of the budget: if it already sees
+PILOT_HITS catastrophes, p is large enough to sample and plain sampling (exact
+CI, no modelling assumption) finishes the job with the rest. Otherwise the order
+of preference (measured in benchmarks/estimation.md) is importance sampling when
+D has a density and the spec is graded, then splitting when D has a reversible
+move, then plain sampling. Black-box predicates get plain sampling, the only
+method that needs nothing but a yes/no answer.
 """
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from ..dists.base import Distribution
+from ..oracle import ScoreOracle
 from ..specs import Spec
-from .base import available, build
+from .base import Outcome, available, build
+from .mc import MonteCarlo, counts_outcome
 
 PREFERENCE = ("is", "splitting", "mc")
+PILOT_FRACTION = 0.2
+PILOT_HITS = 30
 
 
 def choose_method(model: nn.Module, dist: Distribution, spec: Spec, budget: int) -> str:
@@ -26,3 +34,24 @@ def choose_method(model: nn.Module, dist: Distribution, spec: Spec, budget: int)
         if est.unsupported_reason(model, dist, spec) is None and budget >= est.min_budget():
             return name
     return "mc"
+
+
+def run_auto(
+    oracle: ScoreOracle, budget: int, generator: torch.Generator, confidence: float
+) -> tuple[str, Outcome]:
+    """Pilot plain sampling, then plain sampling or the preferred rare-event method."""
+    model, dist, spec = oracle.model, oracle.dist, oracle.spec
+    rare = choose_method(model, dist, spec, budget - int(PILOT_FRACTION * budget))
+    if rare == "mc":
+        return "mc", MonteCarlo().run(oracle, budget, generator, confidence)
+    pilot = MonteCarlo().run(oracle, int(PILOT_FRACTION * budget), generator, confidence)
+    hits, draws = pilot.diagnostics["hits"], pilot.diagnostics["draws"]
+    if hits >= PILOT_HITS:
+        rest = MonteCarlo().run(oracle, budget - draws, generator, confidence)
+        total = counts_outcome(hits + rest.diagnostics["hits"], budget, confidence)
+        return "mc", Outcome(total.log_p, total.ci, {**total.diagnostics, "pilot_hits": hits})
+    outcome = build(rare, {}).run(oracle, budget - draws, generator, confidence)
+    return rare, Outcome(
+        outcome.log_p, outcome.ci, {**outcome.diagnostics, "pilot_hits": hits, "pilot_draws": draws},
+        outcome.warnings, outcome.heuristic,
+    )

@@ -111,6 +111,7 @@ class ImportanceSampling:
     added in quadrature to the sampling error in the CI, for the bias of a proposal that
     under-samples a small part of the failure region (which the weights' own variance
     cannot reveal); 0.03 covers the misses measured in benchmarks/estimation.md.
+    defensive_share: for a NoisyEmpirical D, the share of D itself in the final proposal.
     """
 
     name: ClassVar[str] = "is"
@@ -128,6 +129,7 @@ class ImportanceSampling:
     earlier_share: float = 0.1
     temperature: float = 0.1
     misfit_allowance: float = 0.03
+    defensive_share: float = 0.2
 
     def __post_init__(self) -> None:
         checks = {
@@ -143,6 +145,7 @@ class ImportanceSampling:
             "max_iterations": self.max_iterations >= 1,
             "elite_ess_fraction": 0.0 < self.elite_ess_fraction <= 1.0,
             "misfit_allowance": self.misfit_allowance >= 0.0,
+            "defensive_share": 0.0 <= self.defensive_share < 1.0,
             "earlier_share": 0.0 <= self.earlier_share < 1.0,
             "temperature": self.temperature > 0.0,
         }
@@ -181,9 +184,22 @@ class ImportanceSampling:
             fit_w = _temper(log_w[elite], self.elite_ess_fraction)
             q = space.refit(z[elite], fit_w, q, self, generator)
             if level >= 0.0:
-                return _Adapted(_gmm.blend(q, fitted, self.earlier_share), levels, True), used
+                return _Adapted(self._final_proposal(space, q, fitted), levels, True), used
             fitted.append(q)
-        return _Adapted(_gmm.blend(q, fitted[:-1], self.earlier_share), levels, False), used
+        return _Adapted(self._final_proposal(space, q, fitted[:-1]), levels, False), used
+
+    def _final_proposal(self, space: _Space, q: _gmm.Mixture, earlier: list[_gmm.Mixture]) -> _gmm.Mixture:
+        """The last fit, a share of the earlier ones and, for a mixture D, a share of D itself.
+
+        CE prunes the data points its elites did not reach; when many of them each carry
+        a little of p, their sum is lost without a trace in the weights. Keeping D itself
+        in the proposal (a defensive mixture, Hesterberg 1995) bounds every weight by
+        1 / defensive_share there, so that loss becomes visible variance instead.
+        """
+        proposal = _gmm.blend(q, earlier, self.earlier_share)
+        if isinstance(space.dist, NoisyEmpirical):
+            proposal = _gmm.blend(proposal, [space.initial()], self.defensive_share)
+        return proposal
 
     def _draw_level(self, space: _Space, q: _gmm.Mixture, score: ScoreFn, n: int, room: int,
                     generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:

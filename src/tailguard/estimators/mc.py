@@ -50,12 +50,16 @@ class MonteCarlo:
             x = oracle.dist.sample(n, generator)
             hits += int((oracle.scores(x) > 0).sum())
             drawn += n
-        log_p = math.log(hits / drawn) if hits else -math.inf
-        ci = binomial_log_ci(hits, drawn, confidence)
-        warnings = () if hits else (f"no catastrophe in {drawn:,} draws: only an upper bound",)
-        return Outcome(
-            log_p=log_p,
-            ci=ci,
-            diagnostics={"hits": hits, "draws": drawn, "zero_hits": hits == 0},
-            warnings=warnings,
-        )
+        return counts_outcome(hits, drawn, confidence)
+
+
+def counts_outcome(hits: int, draws: int, confidence: float) -> Outcome:
+    """The plain-sampling estimate and exact CI from ``hits`` catastrophes in ``draws`` draws."""
+    log_p = math.log(hits / draws) if hits else -math.inf
+    warnings = () if hits else (f"no catastrophe in {draws:,} draws: only an upper bound",)
+    return Outcome(
+        log_p=log_p,
+        ci=binomial_log_ci(hits, draws, confidence),
+        diagnostics={"hits": hits, "draws": draws, "zero_hits": hits == 0},
+        warnings=warnings,
+    )
