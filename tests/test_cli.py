@@ -124,3 +124,35 @@ def test_demo_runs_and_recovers_the_exact_answer():
     result = runner.invoke(app, ["demo", "--part", "estimate"])
     assert result.exit_code == 0, result.output
     assert "exact log10 p -9.01 is inside" in result.stdout
+
+
+def test_attack_finds_the_planted_shift_of_the_policy_task(tmp_path):
+    result = runner.invoke(app, ["attack", "--task", "policy", "--budget", "30000", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "attack.json").read_text())
+    delta = summary["member"]["delta"]
+    assert min(delta[6], delta[7]) > 1.0  # the trigger sensors
+    assert summary["log10_p"] > -1.0
+
+
+def test_harden_writes_report_weights_and_resumes(tmp_path):
+    args = ["harden", "--task", "policy", "--steps", "4", "--checkpoint-every", "2", "--out", str(tmp_path)]
+    first = runner.invoke(app, args)
+    assert first.exit_code == 0, first.output
+    for name in (
+        "report.json",
+        "report.md",
+        "report.png",
+        "model.safetensors",
+        "checkpoint/checkpoint.safetensors",
+    ):
+        assert (tmp_path / name).is_file()
+    resumed = runner.invoke(app, [*args, "--resume"])
+    assert resumed.exit_code == 0, resumed.output
+    other = runner.invoke(app, [*args[:4], "8", *args[5:], "--resume"])
+    assert other.exit_code == 2 and "different configuration" in other.output
+
+
+def test_unknown_task_exits_2():
+    result = runner.invoke(app, ["harden", "--task", "nope"])
+    assert result.exit_code == 2 and "--task must be one of" in result.output

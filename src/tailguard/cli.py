@@ -7,6 +7,7 @@ status 2, without a traceback; bugs still show theirs.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from enum import StrEnum
@@ -163,8 +164,16 @@ def _bench_summary(rows: list[dict[str, Any]]) -> Table:
     return table
 
 
+class Suite(StrEnum):
+    estimate = "estimate"
+    harden = "harden"
+
+
 @app.command("bench")
 def bench_command(
+    suite: Annotated[
+        Suite, typer.Argument(help="'estimate' (estimators on exact cases) or 'harden'.")
+    ] = Suite.estimate,
     quick: Annotated[bool, typer.Option(help="The quick preset (about a minute) instead of full.")] = False,
     backend: Annotated[str, typer.Option(help="'local' or 'ray'.")] = "local",
     out: Annotated[Path, typer.Option(help="Folder for estimation.{json,md,png}.")] = Path("benchmarks"),
@@ -172,8 +181,12 @@ def bench_command(
     budgets: Annotated[str | None, typer.Option(help="Comma-separated model-call budgets.")] = None,
     seeds: Annotated[str | None, typer.Option(help="Comma-separated seeds.")] = None,
 ) -> None:
-    """Run every estimator (and OpenTURNS) on cases with known answers; write a report."""
+    """Benchmark: estimators (and OpenTURNS) on cases with known answers, or harden and its baselines."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    if suite is Suite.harden:
+        _bench_harden(quick, out)
+        return
 
     with _bad_input_exits():
         from .bench import run_estimation_benchmark, summarise, write_report
@@ -197,3 +210,102 @@ def bench_command(
         paths = write_report(records, out, config=config)
     Console().print(_bench_summary(summarise(records)))
     Console().print(f"report: {', '.join(str(p) for p in paths.values())}")
+
+
+def _bench_harden(quick: bool, out: Path) -> None:
+    """The hardening benchmark: every method on every task (quick: one task, few steps)."""
+    from .bench.harden_report import write_harden_report
+    from .bench.hardening import METHODS, TASKS, run_harden_benchmark
+
+    console = Console()
+    tasks, steps, budget = (["policy"], 60, 20_000) if quick else (list(TASKS), 600, 100_000)
+    with _bad_input_exits():
+        records = run_harden_benchmark(
+            tasks,
+            list(METHODS),
+            steps=steps,
+            eval_budget=budget,
+            progress=lambda message: console.print(f"[dim]{escape(message)}[/dim]"),
+        )
+        paths = write_harden_report(records, out / "harden", {"steps": steps, "eval_budget": budget})
+    console.print(f"report: {', '.join(str(p) for p in paths.values())}")
+
+
+def _task(name: str) -> Any:
+    from .bench.hardening import TASKS
+
+    if name not in TASKS:
+        raise InvalidArgumentError(f"--task must be one of {', '.join(TASKS)}, got {name!r}")
+    return TASKS[name]()
+
+
+@app.command("attack")
+def attack_command(
+    task: Annotated[
+        str, typer.Option(help="Built-in task: digits-mlp, digits-cnn or policy.")
+    ] = "digits-mlp",
+    budget: Annotated[int, typer.Option(help="Model calls for search and final estimate.")] = 200_000,
+    seed: Annotated[int, typer.Option(help="Seed of the search.")] = 0,
+    out: Annotated[Path | None, typer.Option(help="Write attack.json here.")] = None,
+) -> None:
+    """Search the task's family for the input distribution on which its model is most often catastrophic."""
+    from .attack import attack
+
+    console = Console()
+    with _bad_input_exits():
+        chosen = _task(task)
+        console.print(f"family: {escape(chosen.family.constraint())}")
+        result = attack(
+            chosen.start_model, chosen.spec, chosen.family, budget=budget, seed=seed, progress=True
+        )
+    console.print(summary(result.estimate, f"worst member of the family ({task})"))
+    console.print(f"member: {escape(json.dumps(result.family.describe(result.params))[:400])}")
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "attack.json").write_text(
+            json.dumps({**result.summary(), "task": task, "seed": seed}, indent=1)
+        )
+        console.print(f"wrote {out / 'attack.json'}")
+
+
+@app.command("harden")
+def harden_command(
+    task: Annotated[
+        str, typer.Option(help="Built-in task: digits-mlp, digits-cnn or policy.")
+    ] = "digits-mlp",
+    steps: Annotated[int, typer.Option(help="Training steps (adversary step + model step each).")] = 600,
+    seed: Annotated[int, typer.Option(help="Seed of the run.")] = 0,
+    out: Annotated[Path, typer.Option(help="Folder for report.{json,md,png} and model.safetensors.")] = Path(
+        "tailguard-harden"
+    ),
+    checkpoint_every: Annotated[int, typer.Option(help="Steps between checkpoints.")] = 50,
+    resume: Annotated[bool, typer.Option(help="Continue from the checkpoint in OUT/checkpoint.")] = False,
+) -> None:
+    """Train the task's model against its adversary; checkpoints, resumes, writes a report and weights."""
+    from .harden import harden
+    from .io import save_weights
+
+    console = Console()
+    with _bad_input_exits():
+        chosen = _task(task)
+        result = harden(
+            chosen.start_model,
+            train=chosen.train,
+            spec=chosen.spec,
+            family=chosen.family,
+            deployment=chosen.train_deployment,
+            test=chosen.test,
+            seed=seed,
+            steps=steps,
+            checkpoint_dir=out / "checkpoint",
+            checkpoint_every=checkpoint_every,
+            resume=resume,
+            progress=True,
+            eval_every=max(steps // 4, 1),
+        )
+        paths = result.report.save(out)
+        save_weights(result.model, out / "model.safetensors", {"task": task, "steps": steps, "seed": seed})
+    console.print(result.report.markdown())
+    console.print(
+        f"report: {', '.join(str(p) for p in paths.values())}; weights: {out / 'model.safetensors'}"
+    )
