@@ -12,7 +12,7 @@ import math
 from collections.abc import Sequence
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from .errors import InvalidArgumentError
 
@@ -92,31 +92,15 @@ def linear(weight: Sequence[Sequence[float]], bias: Sequence[float] | None = Non
     return nn.Sequential(nn.Flatten(), layer)
 
 
-def _train(model: nn.Module, x: Tensor, y: Tensor, epochs: int, seed: int) -> None:
-    """Shuffled mini-batch Adam on cross-entropy; deterministic for a given seed."""
-    g = torch.Generator().manual_seed(seed)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    model.train()
-    for _ in range(epochs):
-        perm = torch.randperm(len(y), generator=g)
-        for start in range(0, len(y), 128):
-            idx = perm[start : start + 128]
-            loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    model.eval()
-
-
 def digits_classifier(hidden: int = 32, epochs: int = 12, seed: int = 0) -> nn.Sequential:
     """An MLP trained on scikit-learn's 8x8 digits (all 1,797 images, pixels / 16) in seconds.
 
     Input (n, 8, 8) or (n, 64) in [0, 1]; output (n, 10) logits. Needs the
     ``bench`` extra (scikit-learn) for the data.
     """
-    from .tasks.digits import load_digits_data
+    from .tasks.digits import load_digits_data, train_classifier
 
     data = load_digits_data(test_fraction=0.0)
     model = mlp(64, hidden, 10, depth=2, seed=seed)
-    _train(model, data.x_train, data.y_train, epochs, seed)
+    train_classifier(model, data.x_train, data.y_train, epochs=epochs, lr=1e-2, seed=seed, batch_size=128)
     return model

@@ -45,7 +45,7 @@ from ..oracle import eval_mode
 from ..specs import Spec
 from .latent import LatentPGD, check_layer
 from .patch_pgd import PatchPGD
-from .trainer import HardenResult, HardenSettings, _check_train, _Run
+from .trainer import HardenResult, HardenSettings, _check_train, _Run, check_game, reject_unknown_settings
 
 
 def _require(cfg: object, names: tuple[str, ...], positive_int: bool) -> None:
@@ -267,19 +267,9 @@ def _check_inputs(
 ) -> BaselineSettings:
     if name not in _SETTINGS:
         raise InvalidArgumentError(f"name must be one of {', '.join(BASELINES)}; got {name!r}")
-    if not isinstance(model, nn.Module):
-        raise InvalidArgumentError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if not isinstance(family, Family):
-        raise InvalidArgumentError(f"family must be a tailguard Family, got {type(family).__name__}")
-    if not isinstance(spec, Spec):
-        raise InvalidArgumentError(f"spec must be a tailguard spec, got {type(spec).__name__}")
+    check_game(model, spec, family)
     kind = _SETTINGS[name]
-    known = {f.name for f in dataclasses.fields(kind)}
-    unknown = sorted(set(settings) - known)
-    if unknown:
-        raise InvalidArgumentError(
-            f"baseline {name!r} has no setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
-        )
+    reject_unknown_settings(kind, settings, f"baseline {name!r}")
     cfg = kind(**settings)
     if name in ("finetune_adversary", "pgd") and not isinstance(family, PatchFamily):
         raise UnsupportedError(f"baseline {name!r} needs a PatchFamily, got {type(family).__name__}")

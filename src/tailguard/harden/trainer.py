@@ -96,6 +96,26 @@ class HardenResult:
     report: HardenReport
 
 
+def check_game(model: nn.Module, spec: Spec, family: Family) -> None:
+    """Type checks shared by ``harden`` and its baselines, naming the offending argument."""
+    if not isinstance(model, nn.Module):
+        raise InvalidArgumentError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(family, Family):
+        raise InvalidArgumentError(f"family must be a tailguard Family, got {type(family).__name__}")
+    if not isinstance(spec, Spec):
+        raise InvalidArgumentError(f"spec must be a tailguard spec, got {type(spec).__name__}")
+
+
+def reject_unknown_settings(kind: type, settings: dict[str, Any], label: str) -> None:
+    """InvalidArgumentError for keys that are not fields of the settings dataclass ``kind``."""
+    known = {f.name for f in dataclasses.fields(kind)}
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        raise InvalidArgumentError(
+            f"{label} has no setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+        )
+
+
 def _check_train(train: tuple[Tensor, Tensor], family: Family) -> tuple[Tensor, Tensor]:
     if not (isinstance(train, tuple | list) and len(train) == 2):
         raise InvalidArgumentError("train must be a pair (X, y)")
@@ -351,20 +371,8 @@ def harden(
     state is saved every ``checkpoint_every`` steps and ``resume=True``
     continues from the last checkpoint. Settings: see HardenSettings.
     """
-    if not isinstance(model, nn.Module):
-        raise InvalidArgumentError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if not isinstance(family, Family):
-        raise InvalidArgumentError(
-            f"family must be a tailguard Family, got {type(family).__name__}"
-        )
-    if not isinstance(spec, Spec):
-        raise InvalidArgumentError(f"spec must be a tailguard spec, got {type(spec).__name__}")
-    known = {f.name for f in dataclasses.fields(HardenSettings)}
-    unknown = sorted(set(settings) - known)
-    if unknown:
-        raise InvalidArgumentError(
-            f"harden has no setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
-        )
+    check_game(model, spec, family)
+    reject_unknown_settings(HardenSettings, settings, "harden")
     cfg = HardenSettings(**settings)
     train = _check_train(train, family)
     if deployment is not None and deployment.event_shape != family.event_shape:

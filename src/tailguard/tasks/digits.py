@@ -130,16 +130,22 @@ def digits_cnn(channels: int = 16) -> nn.Sequential:
 
 
 def train_classifier(
-    model: nn.Module, x: Tensor, y: Tensor, epochs: int = 40, lr: float = 2e-3, seed: int = 0
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    epochs: int = 40,
+    lr: float = 2e-3,
+    seed: int = 0,
+    batch_size: int = 64,
 ) -> nn.Module:
-    """Plain cross-entropy training with Adam, deterministic for a given seed."""
+    """Plain cross-entropy training with Adam on shuffled mini-batches, deterministic for a seed."""
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     model.train()
     for _ in range(epochs):
         perm = torch.randperm(len(y), generator=g)
-        for start in range(0, len(y), 64):
-            idx = perm[start : start + 64]
+        for start in range(0, len(y), batch_size):
+            idx = perm[start : start + batch_size]
             loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
             opt.zero_grad()
             loss.backward()
