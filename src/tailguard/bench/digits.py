@@ -109,6 +109,8 @@ def digits_case() -> Case:
               "(digits.compute_digits_truth)")
     if fingerprint(model) != DIGITS_TRUTH["fingerprint"]:
         source += "; WARNING: the trained weights differ from those the truth was computed for"
-    low, high = DIGITS_TRUTH["ci_log10"]  # type: ignore[misc]
+    ci = DIGITS_TRUTH["ci_log10"]
+    assert isinstance(ci, tuple | list)
+    low, high = float(ci[0]), float(ci[1])
     return Case(f"digits/sigma={SIGMA:g}", "digits", model, dist, spec,
                 float(DIGITS_TRUTH["log10_p"]), (low, high), source)  # type: ignore[arg-type]

@@ -65,7 +65,9 @@ def digits_task(arch: str = "mlp", seed: int = 0) -> HardenTask:
     torch.manual_seed(seed)
     model = digits.train_classifier(factory(), x_poisoned, y_poisoned, seed=seed)
     test_bases = data.non_target("test")
-    triggers = {t.name: NoisyEmpirical(t.apply(test_bases), NOISE_STD) for t in digits.evaluation_triggers()}
+    triggers: dict[str, Distribution] = {
+        t.name: NoisyEmpirical(t.apply(test_bases), NOISE_STD) for t in digits.evaluation_triggers()
+    }
     return HardenTask(
         name=f"digits-{arch}",
         start_model=model,
@@ -137,7 +139,7 @@ def judge(model: nn.Module, task: HardenTask, method: str, budget: int, seed: in
 def train_method(task: HardenTask, method: str, seed: int, steps: int) -> tuple[nn.Module, float]:
     """Run ``method`` from the task's start model; returns the model and the wall time."""
     start = time.perf_counter()
-    common = dict(
+    common: dict[str, Any] = dict(
         train=task.train,
         spec=task.spec,
         family=task.family,

@@ -57,6 +57,7 @@ class _Space:
         """The proposal of the first CE iteration: D itself."""
         if isinstance(self.dist, Gaussian):
             return _gmm.standard_normal(self.dist.dim)
+        assert isinstance(self.dist, NoisyEmpirical)
         centres = self.dist.points.detach().reshape(self.dist.n_components, -1).double()
         n = centres.shape[0]
         return _gmm.Mixture(torch.full((n,), -math.log(n), dtype=torch.float64), centres / self.sigma)
@@ -175,7 +176,9 @@ class ImportanceSampling:
         """Run CE iterations within adapt_fraction * budget calls; returns (result, calls spent)."""
         n = self._level_size(budget)
         cap = int(self.adapt_fraction * budget)
-        q, levels, used, fitted = space.initial(), [], 0, []
+        q, used = space.initial(), 0
+        levels: list[float] = []
+        fitted: list[_gmm.Mixture] = []
         while used + n <= cap and len(levels) < self.max_iterations:
             z, s, log_w = self._draw_level(space, q, score, n, cap - used, generator)
             used += z.shape[0]

@@ -75,8 +75,11 @@ class HardenReport:
             ("deployment", "deployment D", "o"),
             ("held_out", "worst held-out member", "s"),
         ):
-            points = [(ev["step"], _worst(ev.get(key))) for ev in self.evals]
-            points = [(step, e) for step, e in points if e is not None]
+            points: list[tuple[int, dict[str, Any]]] = []
+            for ev in self.evals:
+                worst = _worst(ev.get(key))
+                if worst is not None:
+                    points.append((ev["step"], worst))
             if not points:
                 continue
             # a zero-hit estimate is drawn at its upper bound, with a one-sided bar
