@@ -2,7 +2,7 @@
 
 from . import estimators as _estimators  # noqa: F401  (registers the estimators)
 from .attack import AttackResult, attack
-from .dists import Distribution, Gaussian, GaussianMixtureMoments, NoisyEmpirical
+from .dists import Distribution, Gaussian, GaussianMixtureMoments, IndependentTokens, NoisyEmpirical
 from .errors import (
     BudgetError,
     ConfigError,
@@ -43,6 +43,7 @@ __all__ = [
     "Estimate",
     "Gaussian",
     "GaussianMixtureMoments",
+    "IndependentTokens",
     "InvalidArgumentError",
     "MissingExtraError",
     "ModelOutputError",

@@ -3,5 +3,6 @@
 from .base import Distribution, GaussianMixtureMoments
 from .empirical import NoisyEmpirical
 from .gaussian import Gaussian
+from .tokens import IndependentTokens
 
-__all__ = ["Distribution", "Gaussian", "GaussianMixtureMoments", "NoisyEmpirical"]
+__all__ = ["Distribution", "Gaussian", "GaussianMixtureMoments", "IndependentTokens", "NoisyEmpirical"]

@@ -2,6 +2,7 @@
 
 from . import (
     importance,  # noqa: F401
+    itgis,  # noqa: F401
     mc,  # noqa: F401
     moments,  # noqa: F401
     splitting,  # noqa: F401
