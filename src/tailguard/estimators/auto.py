@@ -4,8 +4,9 @@ First a pilot of plain sampling spends a fifth of the budget: if it already sees
 PILOT_HITS catastrophes, p is large enough to sample and plain sampling (exact
 CI, no modelling assumption) finishes the job with the rest. Otherwise the order
 of preference (measured in benchmarks/estimation.md) is importance sampling when
-D has a density and the spec is graded, then splitting when D has a reversible
-move, then plain sampling. Black-box predicates get plain sampling, the only
+D has a density and the spec is graded (``is`` for Gaussian-like D, ``itgis`` for
+independent tokens), then splitting when D has a reversible move, then plain
+sampling. Black-box predicates get plain sampling, the only
 method that needs nothing but a yes/no answer.
 """
 
@@ -20,7 +21,7 @@ from ..specs import Spec
 from .base import Outcome, available, build
 from .mc import MonteCarlo, counts_outcome
 
-PREFERENCE = ("is", "splitting", "mc")
+PREFERENCE = ("is", "itgis", "splitting", "mc")
 PILOT_FRACTION = 0.2
 PILOT_HITS = 30
 
