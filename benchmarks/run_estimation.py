@@ -24,16 +24,24 @@ def main(out: Path) -> None:
 
     def progress(record, done, total):
         err = record["abs_log10_error"]
-        print(f"[{done}/{total}] {record['method']:>17} {record['case']:<22} {record['budget']:>7} "
-              f"seed {record['seed']} {record['status']} err={err}", flush=True)
+        print(
+            f"[{done}/{total}] {record['method']:>17} {record['case']:<22} {record['budget']:>7} "
+            f"seed {record['seed']} {record['status']} err={err}",
+            flush=True,
+        )
 
-    records = run_estimation_benchmark(methods=["auto"], cases=cases, budgets=BUDGETS,
-                                       seeds=range(10), progress=progress)
+    records = run_estimation_benchmark(
+        methods=["auto"], cases=cases, budgets=BUDGETS, seeds=range(10), progress=progress
+    )
     others = ["is", "splitting", "moments", "mc", "openturns-subset", "openturns-ce"]
-    records += run_estimation_benchmark(methods=others, cases=cases, budgets=BUDGETS,
-                                        seeds=range(3), progress=progress)
-    config = {"budgets": list(BUDGETS), "seeds": {"auto": 10, "others": 3},
-              "seconds": time.perf_counter() - started}
+    records += run_estimation_benchmark(
+        methods=others, cases=cases, budgets=BUDGETS, seeds=range(3), progress=progress
+    )
+    config = {
+        "budgets": list(BUDGETS),
+        "seeds": {"auto": 10, "others": 3},
+        "seconds": time.perf_counter() - started,
+    }
     print(write_report(records, out, config=config))
 
 

@@ -1,6 +1,6 @@
 """Reproduce benchmarks/harden/harden.{json,md,png}: harden and its baselines on planted catastrophes.
 
-    .venv/bin/python benchmarks/run_harden.py            # about 15 minutes on 2 cores
+.venv/bin/python benchmarks/run_harden.py            # about 15 minutes on 2 cores
 """
 
 import sys
@@ -19,10 +19,16 @@ EVAL_BUDGET = 100_000
 def main(out: Path) -> None:
     torch.set_num_threads(1)
     started = time.perf_counter()
-    records = run_harden_benchmark(tasks=list(TASKS), methods=list(METHODS), steps=STEPS,
-                                   eval_budget=EVAL_BUDGET, progress=print)
-    config = {"steps": STEPS, "eval_budget": EVAL_BUDGET, "eval_method": "auto", "seed": 0,
-              "seconds": time.perf_counter() - started}
+    records = run_harden_benchmark(
+        tasks=list(TASKS), methods=list(METHODS), steps=STEPS, eval_budget=EVAL_BUDGET, progress=print
+    )
+    config = {
+        "steps": STEPS,
+        "eval_budget": EVAL_BUDGET,
+        "eval_method": "auto",
+        "seed": 0,
+        "seconds": time.perf_counter() - started,
+    }
     print(write_harden_report(records, out, config))
 
 

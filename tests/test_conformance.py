@@ -19,7 +19,9 @@ from tailguard.estimators.base import DifferentiableEstimator, build
 def _takes_gaussian_inputs(name: str) -> bool:
     """The suite's cases are Gaussian; token-only estimators have their own tests."""
     probe = nn.Linear(2, 1)
-    return build(name, {}).unsupported_reason(probe, tg.Gaussian(torch.zeros(2)), tg.OutputAbove(0, 0.0)) is None
+    return (
+        build(name, {}).unsupported_reason(probe, tg.Gaussian(torch.zeros(2)), tg.OutputAbove(0, 0.0)) is None
+    )
 
 
 METHODS = [m for m in tg.available_methods() if _takes_gaussian_inputs(m)]
