@@ -11,7 +11,7 @@ from tailguard.harden.baselines import BASELINES, base_labels, run_baseline
 from tailguard.harden.latent import LatentPGD, latent_perturbation
 from tailguard.tasks.digits import digits_cnn, digits_mlp, load_digits_data
 
-from ._toy_backdoor import TRIGGER_COL, TRIGGER_ROW, base_images, trigger_model
+from ._toy_backdoor import TRIGGER_COL, TRIGGER_ROW, base_images, flat_params, toy_task, trigger_model
 
 FAST = dict(steps=6, eval_every=3, eval_budget=2_000, eval_method="mc", held_out=1, batch_size=32)
 EXTRA = {
@@ -22,15 +22,6 @@ EXTRA = {
 }
 
 
-def _task():
-    x = base_images(128, seed=1)
-    y = torch.zeros(128, dtype=torch.long)
-    family = tg.PatchFamily(base_images(64), patch_size=2, noise_std=0.05)
-    return (x, y), family
-
-
-def _params(model):
-    return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
 
 
 def _trigger_rate(model):
@@ -42,7 +33,7 @@ def _trigger_rate(model):
 
 
 def _run(name, model=None, seed=0, **overrides):
-    train, family = _task()
+    train, family = toy_task()
     return run_baseline(
         name,
         trigger_model() if model is None else model,
@@ -59,13 +50,13 @@ def _run(name, model=None, seed=0, **overrides):
 @pytest.mark.parametrize("name", BASELINES)
 def test_each_baseline_returns_a_trained_copy_and_a_harden_shaped_report(name):
     start = trigger_model()
-    before = _params(start).clone()
+    before = flat_params(start).clone()
     res = _run(name, model=start)
-    assert torch.equal(_params(start), before), "the caller's model must not be trained in place"
+    assert torch.equal(flat_params(start), before), "the caller's model must not be trained in place"
     assert type(res.model) is type(start) and not res.model.training
     shapes = {k: v.shape for k, v in start.state_dict().items()}
     assert {k: v.shape for k, v in res.model.state_dict().items()} == shapes
-    assert not torch.equal(_params(res.model), before)
+    assert not torch.equal(flat_params(res.model), before)
     report = res.report
     assert isinstance(report, tg.HardenReport) and report.settings["baseline"] == name
     assert [row["step"] for row in report.steps] == list(range(6))
@@ -94,9 +85,9 @@ def test_input_space_adversaries_remove_the_in_family_trigger_and_plain_finetuni
 @pytest.mark.parametrize("name", BASELINES)
 def test_same_seed_same_run_and_other_seed_differs(name):
     one, two, other = _run(name, seed=4), _run(name, seed=4), _run(name, seed=5)
-    assert torch.equal(_params(one.model), _params(two.model))
+    assert torch.equal(flat_params(one.model), flat_params(two.model))
     assert one.report.steps == two.report.steps and one.report.evals == two.report.evals
-    assert not torch.equal(_params(one.model), _params(other.model))
+    assert not torch.equal(flat_params(one.model), flat_params(other.model))
 
 
 def _digits_case(n_train=160):
@@ -125,7 +116,7 @@ def test_lat_trains_mlp_and_cnn_at_the_first_activation_and_leaves_no_hook(make)
     x = train[0][:32]
     with torch.no_grad():
         assert torch.equal(res.model(x), fresh(x))
-    assert not torch.equal(_params(res.model), _params(model))
+    assert not torch.equal(flat_params(res.model), flat_params(model))
 
 
 def test_latent_pgd_stays_in_its_ball_raises_the_loss_and_unhooks_on_error():
@@ -157,7 +148,7 @@ def test_base_labels_come_from_training_rows_or_the_starting_model():
 
 
 def test_bad_names_settings_and_families_are_named():
-    train, family = _task()
+    train, family = toy_task()
     spec = tg.ClassIs(1)
     with pytest.raises(tg.InvalidArgumentError, match="name must be one of"):
         run_baseline("madry", trigger_model(), train, spec, family)

@@ -7,7 +7,7 @@ from torch import nn
 import tailguard as tg
 from tailguard.harden.checkpoint import FILE_NAME, load_checkpoint
 
-from ._toy_backdoor import base_images, trigger_model
+from ._toy_backdoor import flat_params, toy_task, trigger_model
 
 FAST = dict(
     steps=6,
@@ -23,19 +23,10 @@ FAST = dict(
 )
 
 
-def _task():
-    x = base_images(128, seed=1)
-    y = torch.zeros(128, dtype=torch.long)
-    family = tg.PatchFamily(base_images(64), patch_size=2, noise_std=0.05)
-    return (x, y), family
-
-
-def _params(model):
-    return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
 
 
 def test_harden_removes_the_planted_trigger_and_reports():
-    train, family = _task()
+    train, family = toy_task()
     before = tg.attack(trigger_model(), tg.ClassIs(1), family, budget=30_000, method="mc")
     assert before.estimate.log10_p > -0.1
     res = tg.harden(
@@ -55,15 +46,15 @@ def test_harden_removes_the_planted_trigger_and_reports():
 
 
 def test_same_seed_gives_the_same_run():
-    train, family = _task()
+    train, family = toy_task()
     one = tg.harden(trigger_model(), train=train, spec=tg.ClassIs(1), family=family, seed=3, **FAST)
     two = tg.harden(trigger_model(), train=train, spec=tg.ClassIs(1), family=family, seed=3, **FAST)
-    assert torch.equal(_params(one.model), _params(two.model))
+    assert torch.equal(flat_params(one.model), flat_params(two.model))
     assert one.report.steps == two.report.steps
 
 
 def test_resume_from_middle_matches_uninterrupted_run(tmp_path, monkeypatch):
-    train, family = _task()
+    train, family = toy_task()
     straight = tg.harden(
         trigger_model(), train=train, spec=tg.ClassIs(1), family=family, seed=5, **FAST
     )
@@ -101,12 +92,12 @@ def test_resume_from_middle_matches_uninterrupted_run(tmp_path, monkeypatch):
         resume=True,
         **FAST,
     )
-    assert torch.equal(_params(straight.model), _params(resumed.model))
+    assert torch.equal(flat_params(straight.model), flat_params(resumed.model))
     assert len(resumed.report.steps) == 6
 
 
 def test_resume_with_other_config_and_corrupt_checkpoint_are_refused(tmp_path):
-    train, family = _task()
+    train, family = toy_task()
     ckpt = tmp_path / "run"
     tg.harden(
         trigger_model(),
@@ -145,7 +136,7 @@ def test_resume_with_other_config_and_corrupt_checkpoint_are_refused(tmp_path):
 def test_diverging_run_stops_with_a_clear_error_and_keeps_last_good_checkpoint(
     tmp_path, monkeypatch
 ):
-    train, family = _task()
+    train, family = toy_task()
     ckpt = tmp_path / "run"
     real_ce = nn.functional.cross_entropy
     calls = {"n": 0}
@@ -171,7 +162,7 @@ def test_diverging_run_stops_with_a_clear_error_and_keeps_last_good_checkpoint(
 
 
 def test_bad_input_is_named():
-    train, family = _task()
+    train, family = toy_task()
     with pytest.raises(tg.ShapeMismatchError, match="family's are"):
         tg.harden(
             trigger_model(),
