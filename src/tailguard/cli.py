@@ -239,11 +239,12 @@ def _task(name: str) -> Any:
     return TASKS[name]()
 
 
+TaskOption = Annotated[str, typer.Option(help="Built-in task: digits-mlp, digits-cnn or policy.")]
+
+
 @app.command("attack")
 def attack_command(
-    task: Annotated[
-        str, typer.Option(help="Built-in task: digits-mlp, digits-cnn or policy.")
-    ] = "digits-mlp",
+    task: TaskOption = "digits-mlp",
     budget: Annotated[int, typer.Option(help="Model calls for search and final estimate.")] = 200_000,
     seed: Annotated[int, typer.Option(help="Seed of the search.")] = 0,
     out: Annotated[Path | None, typer.Option(help="Write attack.json here.")] = None,
@@ -270,9 +271,7 @@ def attack_command(
 
 @app.command("harden")
 def harden_command(
-    task: Annotated[
-        str, typer.Option(help="Built-in task: digits-mlp, digits-cnn or policy.")
-    ] = "digits-mlp",
+    task: TaskOption = "digits-mlp",
     steps: Annotated[int, typer.Option(help="Training steps (adversary step + model step each).")] = 600,
     seed: Annotated[int, typer.Option(help="Seed of the run.")] = 0,
     out: Annotated[Path, typer.Option(help="Folder for report.{json,md,png} and model.safetensors.")] = Path(
