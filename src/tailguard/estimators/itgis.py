@@ -48,7 +48,9 @@ _MODEL_ERRORS = (RuntimeError, ValueError, IndexError, TypeError)
 @register
 @dataclass(frozen=True)
 class IndependentTokenGIS:
-    """ITGIS with proposal temperature ``temperature`` (T), ``batch_size`` draws per
+    """Independent token gradient importance sampling (token inputs).
+
+    Settings: proposal temperature ``temperature`` (T), ``batch_size`` draws per
     proposal and gradient moving-average ``decay``.
     """
 
