@@ -23,17 +23,17 @@ FAST = dict(
 )
 
 
+def harden_toy(**kwargs):
+    """tg.harden on the toy backdoor task (the same data and family every time)."""
+    train, family = toy_task()
+    return tg.harden(trigger_model(), train=train, spec=tg.ClassIs(1), family=family, **kwargs)
 
 
 def test_harden_removes_the_planted_trigger_and_reports():
-    train, family = toy_task()
+    _, family = toy_task()
     before = tg.attack(trigger_model(), tg.ClassIs(1), family, budget=30_000, method="mc")
     assert before.estimate.log10_p > -0.1
-    res = tg.harden(
-        trigger_model(),
-        train=train,
-        spec=tg.ClassIs(1),
-        family=family,
+    res = harden_toy(
         seed=0,
         **{**FAST, "steps": 40, "eval_every": 20, "lr": 0.05},
     )
@@ -46,18 +46,14 @@ def test_harden_removes_the_planted_trigger_and_reports():
 
 
 def test_same_seed_gives_the_same_run():
-    train, family = toy_task()
-    one = tg.harden(trigger_model(), train=train, spec=tg.ClassIs(1), family=family, seed=3, **FAST)
-    two = tg.harden(trigger_model(), train=train, spec=tg.ClassIs(1), family=family, seed=3, **FAST)
+    one = harden_toy(seed=3, **FAST)
+    two = harden_toy(seed=3, **FAST)
     assert torch.equal(flat_params(one.model), flat_params(two.model))
     assert one.report.steps == two.report.steps
 
 
 def test_resume_from_middle_matches_uninterrupted_run(tmp_path, monkeypatch):
-    train, family = toy_task()
-    straight = tg.harden(
-        trigger_model(), train=train, spec=tg.ClassIs(1), family=family, seed=5, **FAST
-    )
+    straight = harden_toy(seed=5, **FAST)
     ckpt = tmp_path / "run"
     from tailguard.harden import trainer
 
@@ -72,21 +68,13 @@ def test_resume_from_middle_matches_uninterrupted_run(tmp_path, monkeypatch):
 
     monkeypatch.setattr(trainer._Run, "game_step", dying_step)
     with pytest.raises(KeyboardInterrupt):
-        tg.harden(
-            trigger_model(),
-            train=train,
-            spec=tg.ClassIs(1),
-            family=family,
+        harden_toy(
             seed=5,
             checkpoint_dir=ckpt,
             **FAST,
         )
     monkeypatch.setattr(trainer._Run, "game_step", real_step)
-    resumed = tg.harden(
-        trigger_model(),
-        train=train,
-        spec=tg.ClassIs(1),
-        family=family,
+    resumed = harden_toy(
         seed=5,
         checkpoint_dir=ckpt,
         resume=True,
@@ -97,23 +85,14 @@ def test_resume_from_middle_matches_uninterrupted_run(tmp_path, monkeypatch):
 
 
 def test_resume_with_other_config_and_corrupt_checkpoint_are_refused(tmp_path):
-    train, family = toy_task()
     ckpt = tmp_path / "run"
-    tg.harden(
-        trigger_model(),
-        train=train,
-        spec=tg.ClassIs(1),
-        family=family,
+    harden_toy(
         seed=0,
         checkpoint_dir=ckpt,
         **FAST,
     )
     with pytest.raises(tg.InvalidArgumentError, match="different configuration"):
-        tg.harden(
-            trigger_model(),
-            train=train,
-            spec=tg.ClassIs(1),
-            family=family,
+        harden_toy(
             seed=0,
             checkpoint_dir=ckpt,
             resume=True,
@@ -121,11 +100,7 @@ def test_resume_with_other_config_and_corrupt_checkpoint_are_refused(tmp_path):
         )
     (ckpt / FILE_NAME).write_bytes(b"\x80\x04not a safetensors file")
     with pytest.raises(tg.WeightsError, match="corrupt"):
-        tg.harden(
-            trigger_model(),
-            train=train,
-            spec=tg.ClassIs(1),
-            family=family,
+        harden_toy(
             seed=0,
             checkpoint_dir=ckpt,
             resume=True,
@@ -133,10 +108,7 @@ def test_resume_with_other_config_and_corrupt_checkpoint_are_refused(tmp_path):
         )
 
 
-def test_diverging_run_stops_with_a_clear_error_and_keeps_last_good_checkpoint(
-    tmp_path, monkeypatch
-):
-    train, family = toy_task()
+def test_diverging_run_stops_with_a_clear_error_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     ckpt = tmp_path / "run"
     real_ce = nn.functional.cross_entropy
     calls = {"n": 0}
@@ -148,11 +120,7 @@ def test_diverging_run_stops_with_a_clear_error_and_keeps_last_good_checkpoint(
 
     monkeypatch.setattr(nn.functional, "cross_entropy", ce_that_blows_up)
     with pytest.raises(tg.TrainingDivergedError, match="step 4"):
-        tg.harden(
-            trigger_model(),
-            train=train,
-            spec=tg.ClassIs(1),
-            family=family,
+        harden_toy(
             seed=0,
             checkpoint_dir=ckpt,
             **FAST,
@@ -184,8 +152,6 @@ def test_bad_input_is_named():
     with pytest.raises(tg.ShapeMismatchError, match="only 2 outputs"):
         tg.harden(trigger_model(), train=train, spec=tg.ClassIs(4), family=family, **FAST)
     with pytest.raises(tg.InvalidArgumentError, match="no setting"):
-        tg.harden(trigger_model(), train=train, spec=tg.ClassIs(1), family=family, stepz=3)
+        harden_toy(stepz=3)
     with pytest.raises(tg.InvalidArgumentError, match="needs checkpoint_dir"):
-        tg.harden(
-            trigger_model(), train=train, spec=tg.ClassIs(1), family=family, resume=True, **FAST
-        )
+        harden_toy(resume=True, **FAST)
