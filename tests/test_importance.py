@@ -122,11 +122,16 @@ def test_or_of_orthogonal_directions_finds_every_region():
 @pytest.mark.slow
 def test_small_relu_classifier():
     a, c = 3.0, 3.5
-    est = tg.estimate(ReluClassifier(a, c), std_gaussian(2), tg.ClassIs(2), method="is",
-                      budget=20_000, seed=0)
-    # the corner between the two arms carries ~10 % of p and the proposal can thin it
-    # out, so the CI is not always right here (see the module's known limits)
-    check(est, relu_classifier_truth(a, c), 0.1, cover=False)
+    truth = relu_classifier_truth(a, c)
+    errors = [
+        abs(tg.estimate(ReluClassifier(a, c), std_gaussian(2), tg.ClassIs(2), method="is",
+                        budget=20_000, seed=seed).log10_p - truth)
+        for seed in range(9)
+    ]
+    # the corner between the two arms carries ~10 % of p and the proposal can thin it out,
+    # so single runs at this budget miss now and then (about 1 in 6 by more than 0.1, over
+    # 30 seeds) and the CI is not always right here (see the module's known limits)
+    assert sorted(errors)[4] < 0.1, errors
 
 
 @pytest.mark.parametrize("budget", [2_000, 7_777])

@@ -24,71 +24,139 @@ densities revisited" (Structural Safety, 2019).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import cached_property
 
 import torch
 from torch import Tensor
 
 _LOG_2PI = math.log(2 * math.pi)
-_ROWS = 8192  # rows per chunk when a (n, K) table of isotropic log-likelihoods is formed
+_ROWS = 8192  # rows per chunk, so that (rows, K, r) tables stay small
 
 
 @dataclass(frozen=True)
-class Mixture:
-    """sum_k exp(log_weights[k]) N(means[k], L_k L_k^T) over base coordinates (float64).
+class Group:
+    """Components sharing one subspace: N(means[k], I + B (S_k - I) B^T) over base coordinates.
 
-    log_weights (K,), means (K, d), scale_tril (K, d, d) or None for identity covariances.
+    log_weights (K,) (their share of the whole mixture), means (K, d), basis B (d, r) with
+    orthonormal columns (r may be 0: identity covariances), sub_tril (K, r, r) the Cholesky
+    factors of the covariances S_k inside span(B). Outside span(B) every component is N(., I).
+    Cross-entropy fits only ever move a proposal inside a low-dimensional subspace, so a
+    density costs O(n d r) per group instead of the O(n d^2) per component of a full covariance.
     """
 
     log_weights: Tensor
     means: Tensor
-    scale_tril: Tensor | None = None
+    basis: Tensor
+    sub_tril: Tensor
+
+    @staticmethod
+    def isotropic(log_weights: Tensor, means: Tensor) -> Group:
+        """Identity-covariance components (r = 0)."""
+        k, d = means.shape
+        empty = torch.zeros(d, 0, dtype=torch.float64)
+        return Group(log_weights, means, empty, torch.zeros(k, 0, 0, dtype=torch.float64))
 
     @property
     def n_components(self) -> int:
         return int(self.means.shape[0])
 
+    def log_lik_from_distances(self, z: Tensor, dist2: Tensor) -> Tensor:
+        """log N(z_i; mean_k, cov_k) (n, K) given the squared distances |z_i - mean_k|^2 (n, K).
+
+        The Mahalanobis distance is |z - m|^2 + u^T (S^-1 - I) u with u = B^T (z - m): the
+        correction lives in the r-dimensional subspace, so it costs O(n r^2) per component.
+        """
+        d, r = self.basis.shape
+        quad = dist2
+        if r > 0:
+            zb, mb, q = z @ self.basis, self.means @ self.basis, self._precision_excess
+            inside = torch.einsum("ni,kij,nj->nk", zb, q, zb)
+            cross = zb @ (q @ mb[:, :, None]).squeeze(2).T
+            const = torch.einsum("ki,kij,kj->k", mb, q, mb)
+            quad = quad + inside - 2.0 * cross + const
+        return -0.5 * quad.clamp_min(0.0) - self._log_det - 0.5 * d * _LOG_2PI
+
+    @cached_property
+    def _precision_excess(self) -> Tensor:
+        """S_k^-1 - I (K, r, r), from the Cholesky factors (fits are shrunk towards I)."""
+        eye = torch.eye(self.basis.shape[1], dtype=torch.float64)
+        inv_tril = torch.linalg.solve_triangular(self.sub_tril, eye.expand_as(self.sub_tril), upper=False)
+        return inv_tril.transpose(1, 2) @ inv_tril - eye
+
+    @cached_property
+    def _log_det(self) -> Tensor:
+        """Half the log-determinant of each covariance, sum log diag L_k (K,)."""
+        return torch.log(torch.diagonal(self.sub_tril, dim1=1, dim2=2)).sum(1)
+
+    def draw(self, k: int, eps: Tensor) -> Tensor:
+        """Component k's draws from standard normal noise eps (m, d)."""
+        if self.basis.shape[1] == 0:
+            return self.means[k] + eps
+        inside = eps @ self.basis  # (m, r)
+        moved = inside @ self.sub_tril[k].T - inside
+        return self.means[k] + eps + moved @ self.basis.T
+
+
+@dataclass(frozen=True)
+class Mixture:
+    """A Gaussian mixture over base coordinates (float64), as groups of low-rank components."""
+
+    groups: tuple[Group, ...]
+
+    @property
+    def n_components(self) -> int:
+        return sum(g.n_components for g in self.groups)
+
+    @property
+    def log_weights(self) -> Tensor:
+        return torch.cat([g.log_weights for g in self.groups])
+
+    @property
+    def means(self) -> Tensor:
+        return torch.cat([g.means for g in self.groups])
+
     def component_log_lik(self, z: Tensor) -> Tensor:
         """log N(z_i; mean_k, cov_k) for every row and component: (n, d) -> (n, K)."""
-        d = z.shape[1]
-        if self.scale_tril is None:
-            parts = [
-                -0.5 * torch.cdist(z[i : i + _ROWS], self.means) ** 2
-                for i in range(0, z.shape[0], _ROWS)
-            ]
-            return torch.cat(parts) - 0.5 * d * _LOG_2PI
-        diff = (z[None] - self.means[:, None]).transpose(1, 2)  # (K, d, n)
-        u = torch.linalg.solve_triangular(self.scale_tril, diff, upper=False)
-        log_det = torch.log(torch.diagonal(self.scale_tril, dim1=1, dim2=2)).sum(1)
-        return (-0.5 * (u**2).sum(1) - log_det[:, None]).T - 0.5 * d * _LOG_2PI
+        means = self.means
+        dist2 = (z**2).sum(1, keepdim=True) - 2.0 * z @ means.T + (means**2).sum(1)
+        parts, first = [], 0
+        for g in self.groups:
+            parts.append(g.log_lik_from_distances(z, dist2[:, first : first + g.n_components]))
+            first += g.n_components
+        return torch.cat(parts, dim=1)
 
     def log_prob(self, z: Tensor) -> Tensor:
         """Mixture log-density (n,), computed in row chunks so (n, K) never gets large."""
+        log_w = self.log_weights
         out = [
-            torch.logsumexp(self.component_log_lik(z[i : i + _ROWS]) + self.log_weights, dim=1)
+            torch.logsumexp(self.component_log_lik(z[i : i + _ROWS]) + log_w, dim=1)
             for i in range(0, z.shape[0], _ROWS)
         ]
         return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
 
     def sample(self, n: int, generator: torch.Generator) -> Tensor:
         """n draws (n, d): component labels by multinomial, then Gaussian noise per component."""
-        d = self.means.shape[1]
-        labels = torch.multinomial(
-            torch.exp(self.log_weights), n, replacement=True, generator=generator
-        )
+        d = self.groups[0].means.shape[1]
+        labels = torch.multinomial(torch.exp(self.log_weights), n, replacement=True, generator=generator)
         eps = torch.randn(n, d, generator=generator, dtype=torch.float64)
-        if self.scale_tril is None:
-            return self.means[labels] + eps
+        order = torch.argsort(labels, stable=True)
+        counts = torch.bincount(labels, minlength=self.n_components).tolist()
+        chunks = iter(torch.split(eps[order], counts))
+        drawn = [g.draw(k, next(chunks)) for g in self.groups for k in range(g.n_components)]
         z = torch.empty(n, d, dtype=torch.float64)
-        for k in range(self.n_components):
-            rows = labels == k
-            z[rows] = self.means[k] + eps[rows] @ self.scale_tril[k].T
+        z[order] = torch.cat(drawn)
         return z
 
 
 def standard_normal(d: int) -> Mixture:
     """N(0, I) as a one-component mixture."""
-    return Mixture(torch.zeros(1, dtype=torch.float64), torch.zeros(1, d, dtype=torch.float64))
+    return isotropic(torch.zeros(1, dtype=torch.float64), torch.zeros(1, d, dtype=torch.float64))
+
+
+def isotropic(log_weights: Tensor, means: Tensor) -> Mixture:
+    """sum_k w_k N(means[k], I): log_weights (K,), means (K, d)."""
+    return Mixture((Group.isotropic(log_weights, means),))
 
 
 def _normalise(log_w: Tensor) -> Tensor:
@@ -140,7 +208,13 @@ def _full_m_step(z: Tensor, wr: Tensor, shrink: float, min_ess: float = 2.0) -> 
     eye = torch.eye(d, dtype=torch.float64)
     covs = (1 - beta) * covs + beta * eye + 1e-9 * eye
     tril = torch.linalg.cholesky(0.5 * (covs + covs.transpose(1, 2)))
-    return Mixture(torch.log(mass / mass.sum()), means, tril)
+    return _full_covariance(torch.log(mass / mass.sum()), means, tril)
+
+
+def _full_covariance(log_weights: Tensor, means: Tensor, tril: Tensor) -> Mixture:
+    """Components with full covariances L_k L_k^T: one group whose subspace is everything."""
+    d = means.shape[1]
+    return Mixture((Group(log_weights, means, torch.eye(d, dtype=torch.float64), tril),))
 
 
 def fit_full(
@@ -166,7 +240,7 @@ def fit_full(
     means = _seed_means(z, w, k, generator)
     k = means.shape[0]
     eye = torch.eye(d, dtype=torch.float64).expand(k, d, d).clone()
-    mix = Mixture(torch.full((k,), -math.log(k), dtype=torch.float64), means, eye)
+    mix = _full_covariance(torch.full((k,), -math.log(k), dtype=torch.float64), means, eye)
     for _ in range(iterations):
         mix = _full_m_step(z, w[:, None] * _responsibilities(mix, z), shrink)
     return mix
@@ -187,12 +261,12 @@ def refit_isotropic(
     mass = (w[:, None] * _responsibilities(previous, z)).sum(0)
     keep = mass >= 1e-3 * float(mass.max())
     prior = previous.means[keep]
-    mix = Mixture(torch.log(mass[keep] / mass[keep].sum()), prior, None)
+    mix = isotropic(torch.log(mass[keep] / mass[keep].sum()), prior)
     for _ in range(iterations):
         wr = w[:, None] * _responsibilities(mix, z)
         mass = wr.sum(0)
         means = (wr.T @ z + prior_count * prior) / (mass + prior_count)[:, None]
-        mix = Mixture(torch.log(mass / mass.sum()), means, None)
+        mix = isotropic(torch.log(mass / mass.sum()), means)
     return mix
 
 
@@ -237,15 +311,11 @@ def fit_projected(
     Clustering in the few informed directions is what separates failure regions early:
     in the full space the d - r uninformative coordinates drown the distances.
     """
-    d = z.shape[1]
     basis = informed_basis(z, log_w, max_dims)
-    sub = fit_full(z @ basis, log_w, max_components, elites_per_component, shrink, generator)
-    assert sub.scale_tril is not None
-    cov_r = sub.scale_tril @ sub.scale_tril.transpose(1, 2)
-    eye = torch.eye(d, dtype=torch.float64)
-    covs = basis @ cov_r @ basis.T + (eye - basis @ basis.T)
-    tril = torch.linalg.cholesky(0.5 * (covs + covs.transpose(1, 2)) + 1e-12 * eye)
-    return Mixture(sub.log_weights, sub.means @ basis.T, tril)
+    if basis.shape[1] == 0:
+        return standard_normal(z.shape[1])
+    (sub,) = fit_full(z @ basis, log_w, max_components, elites_per_component, shrink, generator).groups
+    return Mixture((Group(sub.log_weights, sub.means @ basis.T, basis, sub.sub_tril),))
 
 
 def blend(main: Mixture, earlier: list[Mixture], share: float) -> Mixture:
@@ -258,19 +328,9 @@ def blend(main: Mixture, earlier: list[Mixture], share: float) -> Mixture:
     """
     if not earlier or share <= 0.0:
         return main
-    parts = [main, *earlier]
-    shares = [math.log1p(-share)] + [math.log(share / len(earlier))] * len(earlier)
-    d = main.means.shape[1]
-    eye = torch.eye(d, dtype=torch.float64)
-
-    def trils(m: Mixture) -> Tensor:
-        if m.scale_tril is not None:
-            return m.scale_tril
-        return eye.expand(m.n_components, d, d)
-
-    return Mixture(
-        torch.cat([m.log_weights + s for m, s in zip(parts, shares, strict=True)]),
-        torch.cat([m.means for m in parts]),
-        torch.cat([trils(m) for m in parts]) if any(m.scale_tril is not None for m in parts)
-        else None,
-    )
+    shifts = [math.log1p(-share)] + [math.log(share / len(earlier))] * len(earlier)
+    return Mixture(tuple(
+        replace(g, log_weights=g.log_weights + shift)
+        for part, shift in zip([main, *earlier], shifts, strict=True)
+        for g in part.groups
+    ))

@@ -60,7 +60,7 @@ class _Space:
         assert isinstance(self.dist, NoisyEmpirical)
         centres = self.dist.points.detach().reshape(self.dist.n_components, -1).double()
         n = centres.shape[0]
-        return _gmm.Mixture(torch.full((n,), -math.log(n), dtype=torch.float64), centres / self.sigma)
+        return _gmm.isotropic(torch.full((n,), -math.log(n), dtype=torch.float64), centres / self.sigma)
 
     def to_x(self, z: Tensor) -> Tensor:
         """(n, d) base coordinates -> inputs (n, *event_shape), without gradients."""
