@@ -61,31 +61,37 @@ class Group:
     def n_components(self) -> int:
         return int(self.means.shape[0])
 
-    def log_lik_from_distances(self, z: Tensor, dist2: Tensor) -> Tensor:
-        """log N(z_i; mean_k, cov_k) (n, K) given the squared distances |z_i - mean_k|^2 (n, K).
+    # The Mahalanobis distance of z to component k is |z - m|^2 + u^T (S^-1 - I) u with
+    # u = B^T (z - m) = y - B^T m, y = B^T z. Expanded, it is |z|^2 - 2 z.a_k + c_k + y^T (S^-1 - I) y:
+    # the terms linear in z fold into one matrix product over all components of the mixture,
+    # and only y^T (S^-1 - I) y, an O(n r^2) term, stays per group.
 
-        The Mahalanobis distance is |z - m|^2 + u^T (S^-1 - I) u with u = B^T (z - m): the
-        correction lives in the r-dimensional subspace, so it costs O(n r^2) per component.
-        """
-        d, r = self.basis.shape
-        quad = dist2
-        if r > 0:
-            zb, mb, q = z @ self.basis, self.means @ self.basis, self._precision_excess
-            inside = torch.einsum("ni,kij,nj->nk", zb, q, zb)
-            cross = zb @ (q @ mb[:, :, None]).squeeze(2).T
-            const = torch.einsum("ki,kij,kj->k", mb, q, mb)
-            quad = quad + inside - 2.0 * cross + const
-        return -0.5 * quad.clamp_min(0.0) - self._log_det - 0.5 * d * _LOG_2PI
+    def folded_linear_terms(self) -> tuple[Tensor, Tensor]:
+        """(a (K, d), c (K,)) with a_k = m_k + B (S_k^-1 - I) B^T m_k, c_k = |m_k|^2 + u_k terms."""
+        if self.basis.shape[1] == 0:
+            return self.means, (self.means**2).sum(1)
+        mb = self.means @ self.basis  # (K, r)
+        inv = self._inverse_tril
+        excess = inv.transpose(1, 2) @ inv - torch.eye(mb.shape[1], dtype=torch.float64)
+        q_mb = (excess @ mb[:, :, None]).squeeze(2)
+        return self.means + q_mb @ self.basis.T, (self.means**2).sum(1) + (mb * q_mb).sum(1)
+
+    def subspace_quadratic(self, z: Tensor) -> Tensor:
+        """y^T (S_k^-1 - I) y = |L_k^-1 y|^2 - |y|^2 for y = B^T z: (n, d) -> (n, K)."""
+        n, r = z.shape[0], self.basis.shape[1]
+        if r == 0:
+            return torch.zeros(n, self.n_components, dtype=torch.float64)
+        y = z @ self.basis
+        white = (y @ self._inverse_tril.permute(2, 0, 1).reshape(r, -1)).view(n, -1, r)
+        return (white**2).sum(2) - (y**2).sum(1, keepdim=True)
 
     @cached_property
-    def _precision_excess(self) -> Tensor:
-        """S_k^-1 - I (K, r, r), from the Cholesky factors (fits are shrunk towards I)."""
-        eye = torch.eye(self.basis.shape[1], dtype=torch.float64)
-        inv_tril = torch.linalg.solve_triangular(self.sub_tril, eye.expand_as(self.sub_tril), upper=False)
-        return inv_tril.transpose(1, 2) @ inv_tril - eye
+    def _inverse_tril(self) -> Tensor:
+        """L_k^-1 (K, r, r): small and well conditioned, as fits are shrunk towards I."""
+        eye = torch.eye(self.basis.shape[1], dtype=torch.float64).expand_as(self.sub_tril)
+        return torch.linalg.solve_triangular(self.sub_tril, eye, upper=False)
 
-    @cached_property
-    def _log_det(self) -> Tensor:
+    def half_log_det(self) -> Tensor:
         """Half the log-determinant of each covariance, sum log diag L_k (K,)."""
         return torch.log(torch.diagonal(self.sub_tril, dim1=1, dim2=2)).sum(1)
 
@@ -118,13 +124,26 @@ class Mixture:
 
     def component_log_lik(self, z: Tensor) -> Tensor:
         """log N(z_i; mean_k, cov_k) for every row and component: (n, d) -> (n, K)."""
-        means = self.means
-        dist2 = (z**2).sum(1, keepdim=True) - 2.0 * z @ means.T + (means**2).sum(1)
-        parts, first = [], 0
-        for g in self.groups:
-            parts.append(g.log_lik_from_distances(z, dist2[:, first : first + g.n_components]))
-            first += g.n_components
-        return torch.cat(parts, dim=1)
+        slope, offset = self._folded
+        quad = torch.addmm(offset + (z**2).sum(1, keepdim=True), z, slope.T, alpha=-2.0)
+        if self._has_subspaces:
+            quad = quad + torch.cat([g.subspace_quadratic(z) for g in self.groups], dim=1)
+        return -0.5 * quad.clamp_min(0.0) - self._log_norm
+
+    @cached_property
+    def _folded(self) -> tuple[Tensor, Tensor]:
+        parts = [g.folded_linear_terms() for g in self.groups]
+        return torch.cat([a for a, _ in parts]), torch.cat([c for _, c in parts])
+
+    @cached_property
+    def _has_subspaces(self) -> bool:
+        return any(g.basis.shape[1] > 0 for g in self.groups)
+
+    @cached_property
+    def _log_norm(self) -> Tensor:
+        """log of each component's normalising constant (K,)."""
+        d = self.groups[0].means.shape[1]
+        return torch.cat([g.half_log_det() for g in self.groups]) + 0.5 * d * _LOG_2PI
 
     def log_prob(self, z: Tensor) -> Tensor:
         """Mixture log-density (n,), computed in row chunks so (n, K) never gets large."""
