@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..result import _encode
-from .runner import BAND_LOG10, Record, summarise
+from .runner import BAND_LOG10, Record, in_band, median_or_none, summarise
 
 SCHEMA_VERSION = 1
 _PACKAGES = ("tailguard", "torch", "numpy", "scipy", "openturns", "ray", "matplotlib",
@@ -101,6 +101,51 @@ def case_table(records: Sequence[Record]) -> str:
     return "\n".join(lines)
 
 
+def speed_table(records: Sequence[Record], reference: str = "openturns",
+                method: str = "auto") -> str:
+    """Markdown table: wall time of ``method`` at each budget against each reference method.
+
+    Over the cases with exact answers (not the trained digits model), per case the median
+    seconds over seeds; the ratio is reference seconds / method seconds, summarised by its
+    median and its smallest value over cases, next to each side's median error in the band.
+    """
+    ok = [r for r in records if r["status"] == "ok" and r["family"] != "digits"]
+    refs = sorted({r["method"] for r in ok if r["method"].startswith(reference)})
+    ours = sorted({r["budget"] for r in ok if r["method"] == method})
+    if not refs or not ours:
+        return ""
+
+    def per_case(name: str, budget: int) -> dict[str, float]:
+        cases: dict[str, list[float]] = {}
+        for r in ok:
+            if r["method"] == name and r["budget"] == budget:
+                cases.setdefault(r["case"], []).append(r["seconds"])
+        return {c: float(median_or_none(v) or 0.0) for c, v in cases.items()}
+
+    def band_error(name: str, budget: int) -> float | None:
+        return median_or_none([r["abs_log10_error"] for r in ok
+                        if r["method"] == name and r["budget"] == budget and in_band(r)])
+
+    lines = [f"Wall time of {method} against {reference} on the cases with exact answers "
+             "(ratio = their seconds / ours, per case; median error in the band alongside)\n",
+             f"| {method} budget | {method} median s | {method} median error | reference "
+             "| reference median s | reference median error | median ratio | smallest ratio |",
+             "|---:|---:|---:|---|---:|---:|---:|---:|"]
+    for ref in refs:
+        ref_budget = max(r["budget"] for r in ok if r["method"] == ref)
+        theirs = per_case(ref, ref_budget)
+        for budget in ours:
+            mine = per_case(method, budget)
+            ratios = [theirs[c] / max(mine[c], 1e-9) for c in mine if c in theirs]
+            lines.append(
+                f"| {budget:,} | {_fmt(median_or_none(list(mine.values())))} | "
+                f"{_fmt(band_error(method, budget))} | {ref} at {ref_budget:,} | "
+                f"{_fmt(median_or_none(list(theirs.values())))} | {_fmt(band_error(ref, ref_budget))} | "
+                f"{_fmt(median_or_none(ratios), 1)} | {_fmt(min(ratios) if ratios else None, 1)} |"
+            )
+    return "\n".join(lines)
+
+
 def plot(records: Sequence[Record], path: Path) -> None:
     """Estimate vs truth (log10), one marker per method, CI error bars, the y = x line."""
     import matplotlib
@@ -146,7 +191,8 @@ def write_report(records: Sequence[Record], out_dir: str | Path,
     log = {"schema_version": SCHEMA_VERSION, "config": config or {}, "versions": versions(),
            "git": git_revision(), "summary": summary, "records": list(records)}
     paths["json"].write_text(json.dumps(_encode(log), indent=1, allow_nan=False))
-    markdown = ["# Estimation benchmark\n", summary_table(summary), "", case_table(records), "",
+    markdown = ["# Estimation benchmark\n", summary_table(summary), "", speed_table(records), "",
+                case_table(records), "",
                 f"![estimates vs truth]({paths['plot'].name})", ""]
     paths["markdown"].write_text("\n".join(markdown))
     plot(records, paths["plot"])

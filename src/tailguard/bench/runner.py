@@ -179,12 +179,12 @@ def run_estimation_benchmark(
     return _run_ray(tasks, progress) if backend == "ray" else _run_local(tasks, progress)
 
 
-def _in_band(record: Record, slack: float = 1e-6) -> bool:
+def in_band(record: Record, slack: float = 1e-6) -> bool:
     """True p in BAND_LOG10; the slack keeps a case built for exactly 1e-6 inside."""
     return BAND_LOG10[0] - slack <= record["true_log10_p"] <= BAND_LOG10[1] + slack
 
 
-def _median(values: list[float]) -> float | None:
+def median_or_none(values: list[float]) -> float | None:
     return statistics.median(values) if values else None
 
 
@@ -199,16 +199,16 @@ def summarise(records: Sequence[Record]) -> list[dict[str, Any]]:
     for method, budget in keys:
         group = [r for r in records if r["method"] == method and r["budget"] == budget]
         ok = [r for r in group if r["status"] == "ok"]
-        band = [r["abs_log10_error"] for r in ok if _in_band(r)]
+        band = [r["abs_log10_error"] for r in ok if in_band(r)]
         rows.append({
             "method": method, "budget": budget, "runs": len(group), "completed": len(ok),
             "skipped": sum(r["status"] == "skipped" for r in group),
             "errors": sum(r["status"] == "error" for r in group),
             "band_runs": len(band),
-            "median_abs_log10_error": _median(band),
+            "median_abs_log10_error": median_or_none(band),
             "max_abs_log10_error": max(band) if band else None,
             "coverage": (sum(bool(r["covered"]) for r in ok) / len(ok)) if ok else None,
-            "median_model_calls": _median([r["model_calls"] for r in ok]),
-            "median_seconds": _median([r["seconds"] for r in ok]),
+            "median_model_calls": median_or_none([r["model_calls"] for r in ok]),
+            "median_seconds": median_or_none([r["seconds"] for r in ok]),
         })
     return rows
