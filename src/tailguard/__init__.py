@@ -2,7 +2,14 @@
 
 from . import estimators as _estimators  # noqa: F401  (registers the estimators)
 from .attack import AttackResult, attack
-from .dists import Distribution, Gaussian, GaussianMixtureMoments, IndependentTokens, NoisyEmpirical
+from .dists import (
+    Distribution,
+    Gaussian,
+    GaussianMixtureMoments,
+    IndependentTokens,
+    LMDistribution,
+    NoisyEmpirical,
+)
 from .errors import (
     BudgetError,
     ConfigError,
@@ -44,6 +51,7 @@ __all__ = [
     "Gaussian",
     "GaussianMixtureMoments",
     "IndependentTokens",
+    "LMDistribution",
     "InvalidArgumentError",
     "MissingExtraError",
     "ModelOutputError",
