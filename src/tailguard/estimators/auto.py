@@ -9,12 +9,13 @@ independent tokens), then splitting when D has a reversible move, then plain
 sampling. Black-box predicates get plain sampling, the only
 method that needs nothing but a yes/no answer.
 
-On a noisy empirical D, importance sampling runs as two independent halves (see
-``_replicates``): when the failures are spread over many data points its proposal can
-miss some of them without its own CI showing it, and two runs that disagree are how
-that becomes visible (benchmarks/estimation.md, the digits case at 3e4 calls). On a
-Gaussian D a single run's CI covers (94-98 % in the same benchmark) and halving the
-budget would cost accuracy, so it runs once.
+On a noisy empirical D with a budget too small for D itself to be drawn often per
+data point, importance sampling runs as two independent halves (see ``_replicates``):
+its proposal can then miss failures spread over many data points without its own CI
+showing it, and two runs that disagree are how that becomes visible
+(benchmarks/estimation.md, the digits case at 3e4 calls). Otherwise a single run's CI
+covers (94-98 % in the same benchmark) and halving the budget would cost accuracy, so
+it runs once.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from ..oracle import ScoreOracle
 from ..specs import Spec
 from . import _replicates
 from .base import Outcome, available, build
+from .importance import ImportanceSampling
 from .mc import MonteCarlo, counts_outcome
 
 PREFERENCE = ("is", "itgis", "splitting", "mc")
@@ -62,7 +64,7 @@ def run_auto(
         return "mc", Outcome(total.log_p, total.ci, {**total.diagnostics, "pilot_hits": hits})
     estimator = build(rare, {})
     half = (budget - draws) // 2
-    if rare == "is" and isinstance(dist, NoisyEmpirical) and half >= estimator.min_budget():
+    if _needs_replicates(estimator, dist, budget - draws):
         first = estimator.run(oracle, half, generator, confidence)
         second = estimator.run(oracle, budget - draws - half, generator, confidence)
         outcome = _replicates.combine(first, second, pilot.ci[1], confidence)
@@ -72,3 +74,9 @@ def run_auto(
         outcome.log_p, outcome.ci, {**outcome.diagnostics, "pilot_hits": hits, "pilot_draws": draws},
         outcome.warnings, outcome.heuristic,
     )
+
+
+def _needs_replicates(estimator: object, dist: Distribution, budget: int) -> bool:
+    """Two half runs for `is` on a noisy empirical D whose single run could not vouch for itself."""
+    return (isinstance(estimator, ImportanceSampling) and isinstance(dist, NoisyEmpirical)
+            and estimator.thin_defence_at(budget, dist) and budget // 2 >= estimator.min_budget())

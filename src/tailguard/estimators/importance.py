@@ -252,6 +252,15 @@ class ImportanceSampling:
             outcome = self._flag_thin_defence(outcome, space.dist, z.shape[0])
         return outcome
 
+    def defensive_draws_per_point(self, n_final: int, dist: NoisyEmpirical) -> float:
+        """Draws of D itself per data point among ``n_final`` final-stage draws."""
+        return self.defensive_share * n_final / dist.n_components
+
+    def thin_defence_at(self, budget: int, dist: NoisyEmpirical) -> bool:
+        """Whether a run with this budget may end with too few draws of D per data point."""
+        final_draws = int((1 - self.adapt_fraction) * budget)
+        return self.defensive_draws_per_point(final_draws, dist) < MIN_DEFENSIVE_DRAWS
+
     def _flag_thin_defence(self, outcome: Outcome, dist: NoisyEmpirical, n_final: int) -> Outcome:
         """Warn when D itself is drawn too rarely per data point to see what the proposal left.
 
@@ -260,7 +269,7 @@ class ImportanceSampling:
         p spread over many points can be missed with no sign in the weights (measured on
         the digits case of benchmarks/estimation.md at 3e4 calls).
         """
-        per_point = self.defensive_share * n_final / dist.n_components
+        per_point = self.defensive_draws_per_point(n_final, dist)
         if per_point >= MIN_DEFENSIVE_DRAWS:
             return outcome
         warning = (f"D itself was drawn only {per_point:.1f} times per data point: failures near data "
