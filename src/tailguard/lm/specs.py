@@ -1,0 +1,87 @@
+"""Catastrophe specs for text: forbidden next tokens, forbidden continuations, a trusted checker."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from ..errors import InvalidArgumentError, ShapeMismatchError
+from ..specs import Predicate, Spec
+
+
+class NextTokenIn(Spec):
+    """The model's most likely next token is one of ``token_ids``.
+
+    y: next-token logits (n, vocab). score = max logit over the forbidden set minus the
+    max over the rest, so it grades how close a reply is to starting with a forbidden
+    token (what splitting's levels and the cross-entropy elites climb).
+    """
+
+    def __init__(self, token_ids: Sequence[int]):
+        ids = sorted({int(t) for t in token_ids}) if token_ids is not None else []
+        if not ids or any(t < 0 for t in ids):
+            raise InvalidArgumentError("token_ids must be a non-empty set of non-negative token ids")
+        self.token_ids = ids
+
+    def check_output(self, y: Tensor) -> None:
+        if y.dim() != 2:
+            raise ShapeMismatchError(f"NextTokenIn needs logits (n, vocab), got {tuple(y.shape)}")
+        if self.token_ids[-1] >= y.shape[1] or len(self.token_ids) >= y.shape[1]:
+            raise ShapeMismatchError(
+                f"NextTokenIn token ids reach {self.token_ids[-1]} but the vocabulary has {y.shape[1]} tokens"
+            )
+
+    def score(self, x: Tensor, y: Tensor) -> Tensor:
+        self.check_output(y)
+        forbidden = torch.zeros(y.shape[1], dtype=torch.bool, device=y.device)
+        forbidden[self.token_ids] = True
+        top_bad = y[:, forbidden].max(1).values
+        top_ok = y.masked_fill(forbidden, float("-inf")).max(1).values
+        return top_bad - top_ok
+
+    def __repr__(self) -> str:
+        return f"NextTokenIn({self.token_ids})"
+
+
+class ContinuationMatches(Predicate):
+    """A greedy continuation of ``n_tokens`` tokens, decoded, matches the regex ``pattern``.
+
+    ``continue_ids(x) -> (n, n_tokens)`` writes the continuation (for example a policy's
+    greedy reply) and ``decode(ids) -> str`` turns one row into text. A black box: plain
+    sampling only.
+    """
+
+    def __init__(self, pattern: str, continue_ids: Callable[[Tensor], Tensor],
+                 decode: Callable[[Tensor], str]):
+        try:
+            regex = re.compile(pattern)
+        except re.error as exc:
+            raise InvalidArgumentError(f"pattern is not a valid regular expression: {exc}") from exc
+        if not callable(continue_ids) or not callable(decode):
+            raise InvalidArgumentError("continue_ids and decode must be callable")
+
+        def matches(x: Tensor, y: Tensor) -> Tensor:
+            with torch.no_grad():
+                cont = continue_ids(x)
+            return torch.tensor([bool(regex.search(decode(row))) for row in cont])
+
+        super().__init__(matches)
+        self.pattern = pattern
+
+    def __repr__(self) -> str:
+        return f"ContinuationMatches({self.pattern!r})"
+
+
+class CheckerFlags(Predicate):
+    """A trusted checker ``fn(x, y) -> (n,) bool`` flags the (input, output) pair."""
+
+    def __init__(self, checker: Callable[[Tensor, Tensor], Tensor]):
+        if not callable(checker):
+            raise InvalidArgumentError("checker must be callable")
+        super().__init__(checker)
+
+    def __repr__(self) -> str:
+        return f"CheckerFlags({getattr(self.fn, '__name__', 'checker')})"

@@ -1,0 +1,118 @@
+"""Text models behind the model interface, text specs, and (opt-in) the real SmolLM2."""
+
+import os
+
+import pytest
+import torch
+from torch import nn
+
+import tailguard as tg
+from tailguard.dists.lm import LMDistribution
+from tailguard.lm import (
+    CheckerFlags,
+    ContinuationMatches,
+    NextTokenIn,
+    NextTokenLogits,
+    chat_policy,
+    chat_template_parts,
+)
+
+transformers = pytest.importorskip("transformers")
+VOCAB = 13
+
+
+def tiny_llama(seed: int = 0):
+    config = transformers.LlamaConfig(vocab_size=VOCAB, hidden_size=16, num_hidden_layers=1,
+                                      num_attention_heads=2, num_key_value_heads=2,
+                                      intermediate_size=32, max_position_embeddings=64)
+    torch.manual_seed(seed)
+    return transformers.LlamaForCausalLM(config).eval()
+
+
+class CharTokenizer:
+    """Each character is a token (ids = ord - 97, a..m); a two-turn chat template."""
+
+    def apply_chat_template(self, messages, tokenize, add_generation_prompt):
+        text = "".join(("a" if m["role"] == "system" else "b") + m["content"] + "c" for m in messages)
+        return text + ("d" if add_generation_prompt else "")
+
+    def __call__(self, text, add_special_tokens=False):
+        return {"input_ids": [ord(ch) - 97 for ch in text]}
+
+
+def test_next_token_logits_are_the_lm_logits_after_prefix_message_suffix():
+    lm = tiny_llama()
+    model = NextTokenLogits(lm, torch.tensor([1, 2]), torch.tensor([3]))
+    x = torch.tensor([[5, 6, 7], [8, 9, 10]])
+    y = model(x)
+    full = torch.tensor([[1, 2, 5, 6, 7, 3], [1, 2, 8, 9, 10, 3]])
+    assert y.shape == (2, VOCAB)
+    assert torch.allclose(y, lm(input_ids=full).logits[:, -1], atol=1e-6)
+    y.sum().backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in lm.parameters())
+
+
+def test_chat_template_is_split_around_the_message():
+    prefix, suffix = chat_template_parts(CharTokenizer(), system="e")
+    # "a" + "e" + "c" + "b" | message | "c" + "d"
+    assert prefix.tolist() == [0, 4, 2, 1] and suffix.tolist() == [2, 3]
+    policy = chat_policy(tiny_llama(), CharTokenizer())
+    assert policy.prefix_ids.tolist() == [1] and policy(torch.tensor([[5, 6]])).shape == (1, VOCAB)
+
+
+def test_next_token_in_scores_the_forbidden_set():
+    spec = NextTokenIn([2, 5])
+    y = torch.tensor([[0.0, 1.0, 3.0, 0.0, 0.0, 0.0], [4.0, 0.0, 1.0, 0.0, 0.0, 2.0]])
+    s = spec.score(torch.zeros(2, 1), y)
+    assert s.tolist() == [2.0, -2.0]
+    with pytest.raises(tg.ShapeMismatchError):
+        NextTokenIn([7]).score(torch.zeros(2, 1), y)
+    with pytest.raises(tg.InvalidArgumentError):
+        NextTokenIn([])
+
+
+def test_estimate_a_forbidden_first_reply_token_on_lm_written_messages():
+    """Plain sampling and the exact sum over all messages agree on a tiny LM and policy."""
+    writer = LMDistribution(tiny_llama(1), torch.tensor([0]), length=2, temperature=1.5)
+    policy = NextTokenLogits(tiny_llama(2), torch.tensor([1]), torch.tensor([3]))
+    with torch.no_grad():
+        xs = torch.cartesian_prod(torch.arange(VOCAB), torch.arange(VOCAB))
+        top = policy(xs).argmax(1)
+    counts = torch.bincount(top, minlength=VOCAB).double()
+    forbidden = int(counts.masked_fill(counts == 0, float("inf")).argmin())  # the rarest reply
+    with torch.no_grad():
+        truth = float(torch.exp(writer.log_prob(xs))[top == forbidden].sum())
+    est = tg.estimate(policy, writer, NextTokenIn([forbidden]), method="mc", budget=3000, seed=0)
+    assert est.ci_log10[0] <= torch.log10(torch.tensor(truth)) <= est.ci_log10[1]
+
+
+def test_black_box_text_specs_run_with_plain_sampling():
+    dist = tg.IndependentTokens(torch.full((2, VOCAB), 1.0 / VOCAB))
+
+    class Echo(nn.Module):
+        def forward(self, x):
+            return nn.functional.one_hot(x[:, -1], VOCAB).float()
+
+    flags = CheckerFlags(lambda x, y: x[:, 0] == x[:, 1])
+    est = tg.estimate(Echo(), dist, flags, method="mc", budget=5000, seed=0)
+    assert est.ci_log10[0] <= torch.log10(torch.tensor(1.0 / VOCAB)) <= est.ci_log10[1]
+    pattern = ContinuationMatches("^a", continue_ids=lambda x: x[:, :1],
+                                  decode=lambda row: chr(97 + int(row[0])))
+    est = tg.estimate(Echo(), dist, pattern, method="auto", budget=5000, seed=0)
+    assert est.method == "mc" and est.ci_log10[0] <= torch.log10(torch.tensor(1.0 / VOCAB)) <= est.ci_log10[1]
+    with pytest.raises(tg.InvalidArgumentError):
+        ContinuationMatches("(", continue_ids=lambda x: x, decode=str)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("TAILGUARD_REAL_LM") != "1",
+                    reason="set TAILGUARD_REAL_LM=1 to load SmolLM2")
+def test_real_smollm2_answers_through_its_chat_template(tmp_path):
+    from tailguard.lm import load_smollm2
+
+    lm, tokenizer = load_smollm2(os.environ.get("TAILGUARD_CACHE_TEST", tmp_path))
+    policy = chat_policy(lm, tokenizer)
+    ids = torch.tensor([tokenizer("What is the capital of France?", add_special_tokens=False)["input_ids"]])
+    with torch.no_grad():
+        first = policy(ids).argmax(1)
+    assert tokenizer.decode(first).strip() in {"The", "Paris"}
