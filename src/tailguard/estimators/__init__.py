@@ -1,6 +1,7 @@
 """Estimators of P[C]; importing this package registers every one of them."""
 
 from . import (
+    gld,  # noqa: F401
     importance,  # noqa: F401
     itgis,  # noqa: F401
     mc,  # noqa: F401

@@ -1,0 +1,55 @@
+"""Enumerable token cases: the in-project transformer, exact target probabilities, the metrics."""
+
+import math
+
+import pytest
+import torch
+
+import tailguard as tg
+from tailguard.bench import lm_enum
+from tailguard.tasks.token_transformer import TokenTransformer, exact_target_log10, train_token_transformer
+
+pytest.importorskip("sklearn")
+
+
+def test_ids_and_one_hots_give_the_same_logits():
+    torch.manual_seed(0)
+    model = TokenTransformer(vocab=7, ctx=3).eval()
+    x = torch.randint(7, (5, 3))
+    one_hot = torch.nn.functional.one_hot(x, 7).float()
+    assert torch.allclose(model(x), model(one_hot), atol=1e-6)
+    assert model.residual(x).shape == (5, 32)
+    with pytest.raises(tg.ShapeMismatchError):
+        model(torch.randint(7, (5, 4)))
+
+
+def test_enumeration_matches_brute_force_and_sums_to_one():
+    model, chars, text = train_token_transformer(ctx=2, vocab=12, seed=0, steps=30)
+    probs = torch.softmax(3.0 * torch.randn(2, 12, generator=torch.Generator().manual_seed(1),
+                                            dtype=torch.float64), 1)
+    exact = exact_target_log10(model, torch.log(probs), batch=50)  # several batches
+    xs = torch.cartesian_prod(torch.arange(12), torch.arange(12))
+    with torch.no_grad():
+        top = model(xs).argmax(1)
+    mass = probs[0][xs[:, 0]] * probs[1][xs[:, 1]]
+    for t in range(12):
+        expected = float(mass[top == t].sum())
+        assert (math.isinf(exact[t]) and expected == 0) or math.isclose(10 ** float(exact[t]), expected,
+                                                                        rel_tol=1e-9)
+    assert math.isclose(float(torch.sum(10**exact)), 1.0, rel_tol=1e-9)
+    assert len(chars.chars) == 11 and chars.encode(text[:50]).max() < 12
+
+
+def test_itakura_saito_punishes_underestimates_and_zeros():
+    assert lm_enum.itakura_saito(-6.0, -6.0) == 0.0
+    assert lm_enum.itakura_saito(-6.0, -7.0) > lm_enum.itakura_saito(-6.0, -5.0) > 0
+    assert math.isinf(lm_enum.itakura_saito(-6.0, -math.inf))
+
+
+def test_gld_runs_on_tokens_and_flags_itself_heuristic():
+    model, _, _ = train_token_transformer(ctx=3, vocab=12, seed=0, steps=30)
+    dist = tg.IndependentTokens(torch.full((3, 12), 1 / 12))
+    est = tg.estimate(model, dist, tg.ClassIs(0), method="gld", budget=2000, seed=0)
+    assert est.heuristic and est.n_model_calls == 2000 and math.isfinite(est.log10_p)
+    low, high = est.ci_log10
+    assert low <= est.log10_p <= high
