@@ -53,3 +53,15 @@ def test_gld_runs_on_tokens_and_flags_itself_heuristic():
     assert est.heuristic and est.n_model_calls == 2000 and math.isfinite(est.log10_p)
     low, high = est.ci_log10
     assert low <= est.log10_p <= high
+
+
+def test_quick_benchmark_from_the_command_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from tailguard.cli import app
+
+    result = CliRunner().invoke(app, ["bench", "lm", "--quick", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    for name in ("enumerable.json", "enumerable.md", "enumerable.png"):
+        assert (tmp_path / "lm" / name).is_file()
+    assert "itgis" in (tmp_path / "lm" / "enumerable.md").read_text()

@@ -167,12 +167,14 @@ def _bench_summary(rows: list[dict[str, Any]]) -> Table:
 class Suite(StrEnum):
     estimate = "estimate"
     harden = "harden"
+    lm = "lm"
 
 
 @app.command("bench")
 def bench_command(
     suite: Annotated[
-        Suite, typer.Argument(help="'estimate' (estimators on exact cases) or 'harden'.")
+        Suite, typer.Argument(help="'estimate' (estimators on exact cases), 'harden', or 'lm' "
+                                   "(token estimators against enumeration).")
     ] = Suite.estimate,
     quick: Annotated[bool, typer.Option(help="The quick preset (about a minute) instead of full.")] = False,
     backend: Annotated[str, typer.Option(help="'local' or 'ray'.")] = "local",
@@ -186,6 +188,9 @@ def bench_command(
 
     if suite is Suite.harden:
         _bench_harden(quick, out)
+        return
+    if suite is Suite.lm:
+        _bench_lm(quick, out)
         return
 
     with _bad_input_exits():
@@ -228,6 +233,18 @@ def _bench_harden(quick: bool, out: Path) -> None:
             progress=lambda message: console.print(f"[dim]{escape(message)}[/dim]"),
         )
         paths = write_harden_report(records, out / "harden", {"steps": steps, "eval_budget": budget})
+    console.print(f"report: {', '.join(str(p) for p in paths.values())}")
+
+
+def _bench_lm(quick: bool, out: Path) -> None:
+    """Token estimators against exhaustive enumeration of small trained transformers."""
+    from .bench.lm_enum import run_benchmark
+
+    console = Console()
+    with _bad_input_exits():
+        paths = run_benchmark(out / "lm", quick,
+                              progress=lambda message: console.print(f"[dim]{escape(message)}[/dim]"))
+    console.print(paths["markdown"].read_text())
     console.print(f"report: {', '.join(str(p) for p in paths.values())}")
 
 
