@@ -1,0 +1,83 @@
+"""Importance sampling of an LM-written D with another LM distribution as the proposal.
+
+An adversary that writes inputs with exact sequence log-probabilities (a prompted
+or fine-tuned LM) is a ready-made proposal for the deployment distribution D when
+both write token sequences of the same length: p_D[C] = E_q[(p_D / q) 1[C]]. The
+proposal is used as a defensive mixture (1 - share) q + share * D (Hesterberg 1995),
+so every weight is at most 1 / share and what q never writes is still sampled
+through D, and the result reports the effective sample size of the weights.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+from torch import Tensor, nn
+
+from .._logspace import binomial_log_ci, ess, logmeanexp, normal_log_ci, pareto_k, to_log10
+from ..dists.lm import LMDistribution
+from ..errors import InvalidArgumentError, ShapeMismatchError
+from ..estimate import make_generator
+from ..oracle import ScoreOracle
+from ..result import Estimate
+from ..specs import Spec
+
+PARETO_K_LIMIT = 0.7
+
+
+def mixture_log_prob(x: Tensor, target: LMDistribution, proposal: LMDistribution, share: float) -> Tensor:
+    """log((1 - share) q(x) + share p_D(x)) (n,), float64."""
+    with torch.no_grad():
+        log_q = proposal.log_prob(x) + math.log1p(-share)
+        log_d = target.log_prob(x) + math.log(share)
+    return torch.logaddexp(log_q, log_d)
+
+
+def estimate_with_proposal(model: nn.Module, target: LMDistribution, proposal: LMDistribution, spec: Spec,
+                           n: int, seed: int | torch.Generator = 0, defensive_share: float = 0.1,
+                           confidence: float = 0.95) -> Estimate:
+    """P_{x~target}[C(x, model(x))] from ``n`` draws of the defensive mixture of ``proposal`` and D."""
+    if not isinstance(target, LMDistribution) or not isinstance(proposal, LMDistribution):
+        raise InvalidArgumentError("target and proposal must both be LMDistribution")
+    if target.length != proposal.length:
+        raise ShapeMismatchError(
+            f"target writes {target.length} tokens but the proposal writes {proposal.length}"
+        )
+    if not 0.0 < defensive_share < 1.0:
+        raise InvalidArgumentError(f"defensive_share must be in (0, 1), got {defensive_share!r}")
+    if not isinstance(n, int) or n < 2:
+        raise InvalidArgumentError(f"n must be an int >= 2, got {n!r}")
+    generator, seed_value = make_generator(seed)
+    start = time.perf_counter()
+    from_d = int(torch.binomial(torch.tensor(float(n)), torch.tensor(defensive_share), generator=generator))
+    x = torch.cat([proposal.sample(n - from_d, generator), target.sample(from_d, generator)])
+    oracle = ScoreOracle(model, target, spec)
+    hit = oracle.scores(x) > 0
+    with torch.no_grad():
+        log_w = target.log_prob(x) - mixture_log_prob(x, target, proposal, defensive_share)
+    terms = torch.where(hit, log_w, torch.full_like(log_w, -math.inf))
+    diagnostics = {"hits": int(hit.sum()), "draws": n, "from_target": from_d,
+                   "ess_all": ess(log_w), "proposal": repr(proposal)}
+    warnings: tuple[str, ...] = ()
+    if not bool(hit.any()):
+        # p = E_mix[w 1[C]] <= max w * P_mix[C] <= P_mix[C] / share
+        upper = binomial_log_ci(0, n, confidence)[1] - math.log(defensive_share)
+        log_p, ci = -math.inf, (-math.inf, min(upper, 0.0))
+        warnings = (f"no catastrophe in {n:,} draws: only an upper bound",)
+    else:
+        log_p = float(logmeanexp(terms))
+        rel_var = max(math.expm1(float(logmeanexp(2 * terms)) - 2 * log_p), 0.0)
+        ci = normal_log_ci(log_p, math.sqrt(rel_var / n), confidence)
+        k_hat = pareto_k(terms)
+        diagnostics.update({"ess": ess(terms), "pareto_k": None if math.isnan(k_hat) else k_hat})
+        if k_hat > PARETO_K_LIMIT:
+            warnings = (f"importance weights are heavy-tailed (Pareto k = {k_hat:.2f}): the CI cannot "
+                        "be trusted",)
+    return Estimate(
+        log10_p=to_log10(log_p), ci_log10=(to_log10(ci[0]), to_log10(ci[1])),
+        n_model_calls=oracle.n_calls, method="lm-proposal-is", seconds=time.perf_counter() - start,
+        confidence=confidence, seed=seed_value, settings={"defensive_share": defensive_share},
+        diagnostics=diagnostics, warnings=warnings,
+    )
