@@ -76,3 +76,31 @@ def test_mismatched_lengths_and_bad_shares_are_rejected():
         estimate_with_proposal(AllTokensAre(1), a, b, tg.ClassIs(1), n=10)
     with pytest.raises(tg.InvalidArgumentError):
         estimate_with_proposal(AllTokensAre(1), a, a, tg.ClassIs(1), n=10, defensive_share=0.0)
+
+
+class LastTokenPolicy(nn.Module):
+    """Next-token logits from a fixed table indexed by the message's last token."""
+
+    def __init__(self):
+        super().__init__()
+        self.table = torch.randn(VOCAB, VOCAB, generator=torch.Generator().manual_seed(7)) * 3
+
+    def forward(self, x):
+        return self.table[x[:, -1]]
+
+
+def test_expected_forbidden_mass_matches_enumeration_with_and_without_a_proposal():
+    from tailguard.lm.proposal import expected_forbidden_mass, forbidden_mass
+
+    target = tg.LMDistribution(BigramLM(0, scale=2.0), torch.tensor([0]), length=3)
+    policy, forbidden = LastTokenPolicy(), [2]
+    xs = torch.tensor(list(itertools.product(range(VOCAB), repeat=3)))
+    with torch.no_grad():
+        truth = float((torch.exp(target.log_prob(xs)) * forbidden_mass(policy(xs), forbidden)).sum())
+    proposal = tg.LMDistribution(BigramLM(3), torch.tensor([0]), length=3)
+    plain = expected_forbidden_mass(policy, target, forbidden, n=3000, seed=0)
+    via = expected_forbidden_mass(policy, target, forbidden, n=3000, proposal=proposal, seed=0)
+    for est in (plain, via):
+        assert est.ci_log10[0] <= math.log10(truth) <= est.ci_log10[1], (est, truth)
+        assert abs(est.log10_p - math.log10(truth)) < 0.1
+    assert via.method == "lm-proposal-is" and 0 < via.diagnostics["ess"] <= 3000
