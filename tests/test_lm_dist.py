@@ -48,9 +48,10 @@ def test_log_prob_is_exact_and_normalised(temperature):
     assert math.isclose(float(torch.logsumexp(lp, 0)), 0.0, abs_tol=1e-6)
 
 
-def test_sample_frequencies_match_probabilities():
+@pytest.mark.parametrize("temperature", [1.0, 0.5])
+def test_sample_frequencies_match_probabilities(temperature):
     lm = BigramLM(1)
-    dist = LMDistribution(lm, torch.tensor([0]), length=2)
+    dist = LMDistribution(lm, torch.tensor([0]), length=2, temperature=temperature)
     x = dist.sample(20_000, torch.Generator().manual_seed(0))
     assert x.shape == (20_000, 2) and x.dtype == torch.long
     xs = all_sequences(2)
@@ -83,24 +84,76 @@ def test_log_prob_carries_gradients_to_the_lm():
     assert lm.table.grad is not None and lm.table.grad.abs().sum() > 0
 
 
-def test_hugging_face_model_with_kv_cache_agrees_with_teacher_forcing():
+def tiny_llama(vocab: int, seed: int = 0):
     transformers = pytest.importorskip("transformers")
-    config = transformers.LlamaConfig(vocab_size=11, hidden_size=16, num_hidden_layers=1,
-                                      num_attention_heads=2, num_key_value_heads=2,
-                                      intermediate_size=32, max_position_embeddings=32)
-    torch.manual_seed(0)
-    lm = transformers.LlamaForCausalLM(config).eval()
-    dist = LMDistribution(lm, torch.tensor([1, 5, 7]), length=4, temperature=0.8)
-    # the same draws with and without the cache: a cached run must match a cacheless one
-    cached = dist.sample(64, torch.Generator().manual_seed(3))
-    plain = LMDistribution(lambda input_ids: lm(input_ids=input_ids).logits, torch.tensor([1, 5, 7]),
-                           length=4, temperature=0.8).sample(64, torch.Generator().manual_seed(3))
-    assert torch.equal(cached, plain)
+    config = transformers.LlamaConfig(vocab_size=vocab, hidden_size=32, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=4,
+                                      intermediate_size=64, max_position_embeddings=32)
+    torch.manual_seed(seed)
+    return transformers.LlamaForCausalLM(config).eval()
+
+
+def without_cache(lm):
+    """The same LM behind a plain call: no KV cache, every position's logits."""
+    return lambda input_ids: lm(input_ids=input_ids).logits
+
+
+def test_hugging_face_model_is_normalised_and_its_cache_changes_nothing():
+    lm = tiny_llama(vocab=6)
+    prompt = torch.tensor([1, 5, 2])
+    cached = LMDistribution(lm, prompt, length=3, temperature=0.7)
+    plain = LMDistribution(without_cache(lm), prompt, length=3, temperature=0.7)
+    xs = torch.cartesian_prod(*[torch.arange(6)] * 3)
     with torch.no_grad():
-        assert torch.isfinite(dist.log_prob(cached)).all()
+        lp = cached.log_prob(xs)
+        assert torch.allclose(lp, plain.log_prob(xs), atol=1e-5)
+    assert math.isclose(float(torch.logsumexp(lp, 0)), 0.0, abs_tol=1e-5)
+    # the same draws with and without the cache; the prompt runs once, for one row
+    shapes = []
+    hook = lm.register_forward_pre_hook(lambda m, a, kw: shapes.append(tuple(kw["input_ids"].shape)),
+                                        with_kwargs=True)
+    g = torch.Generator
+    draws = cached.sample(64, g().manual_seed(3))
+    hook.remove()
+    assert shapes == [(1, 3), (64, 1), (64, 1)]
+    assert torch.equal(draws, plain.sample(64, g().manual_seed(3)))
 
 
-def test_estimate_runs_plain_sampling_on_lm_inputs():
+def test_hugging_face_samples_follow_log_prob():
+    dist = LMDistribution(tiny_llama(vocab=5, seed=1), torch.tensor([0, 3]), length=2, temperature=0.6)
+    x = dist.sample(4000, torch.Generator().manual_seed(4))
+    xs = torch.cartesian_prod(torch.arange(5), torch.arange(5))
+    with torch.no_grad():
+        p = torch.exp(dist.log_prob(xs))
+    freq = torch.stack([(x == s).all(1).sum() for s in xs]).double() / 4000
+    assert torch.allclose(freq, p, atol=4 * math.sqrt(0.25 / 4000))
+
+
+def test_hugging_face_gradients_through_the_shared_prompt_cache_are_exact():
+    lm = tiny_llama(vocab=7)
+    x = torch.tensor([[1, 2, 3], [4, 5, 6], [0, 0, 1]])
+    grads = []
+    for model in (lm, without_cache(lm)):
+        lm.zero_grad()
+        dist = LMDistribution(model, torch.tensor([3, 1, 4, 1]), length=3, temperature=1.3)
+        dist.log_prob(x).sum().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in lm.parameters()]))
+    assert grads[0].abs().sum() > 0
+    assert torch.allclose(grads[0], grads[1], atol=1e-5)
+
+
+def test_token_ids_outside_the_vocabulary_are_rejected():
+    dist = LMDistribution(tiny_llama(vocab=6), torch.tensor([1]), length=2)
+    with pytest.raises(tg.InvalidArgumentError, match="x"):
+        dist.log_prob(torch.tensor([[1, 6]]))
+    with pytest.raises(tg.InvalidArgumentError, match="prompt_ids"):
+        LMDistribution(tiny_llama(vocab=6), torch.tensor([9]), length=2)
+    with pytest.raises(tg.InvalidArgumentError, match="eos_id"):
+        LMDistribution(tiny_llama(vocab=6), torch.tensor([1]), length=2, eos_id=6)
+
+
+@pytest.mark.parametrize("method", ["mc", "auto"])
+def test_estimate_runs_plain_sampling_on_lm_inputs(method):
     lm = BigramLM(3)
     dist = LMDistribution(lm, torch.tensor([0]), length=2)
 
@@ -108,7 +161,7 @@ def test_estimate_runs_plain_sampling_on_lm_inputs():
         def forward(self, x):
             return nn.functional.one_hot(x[:, -1], VOCAB).float()
 
-    est = tg.estimate(LastTokenIsTwo(), dist, tg.ClassIs(2), method="auto", budget=4000, seed=0)
+    est = tg.estimate(LastTokenIsTwo(), dist, tg.ClassIs(2), method=method, budget=4000, seed=0)
     xs = all_sequences(2)
     with torch.no_grad():
         truth = float(torch.exp(dist.log_prob(xs))[xs[:, 1] == 2].sum())

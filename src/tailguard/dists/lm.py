@@ -8,14 +8,18 @@ fixed length so that they batch: once ``eos_id`` is drawn, every later position 
 ``eos_id`` with probability 1.
 
 The LM is any Hugging Face-style causal model: ``lm(input_ids=ids)`` returning an
-object with ``.logits`` (n, t, vocab), or such a tensor directly. Models that return
-``past_key_values`` are sampled with a KV cache.
+object with ``.logits`` (n, t, vocab), or such a tensor directly. Every row shares
+the same prompt, so models that return a KV cache (``past_key_values``) run the
+prompt once, for a single row, and copy its cache to the batch; they are also asked
+for only the logits that are needed (``logits_to_keep``). The helpers below do that
+for the chat policies of ``tailguard.lm`` too.
 """
 
 from __future__ import annotations
 
 import inspect
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -34,6 +38,110 @@ def lm_logits(output: Any) -> Tensor:
     return logits
 
 
+def _accepts(lm: Callable[..., Any], name: str) -> bool:
+    """Whether ``lm``'s forward takes the keyword ``name`` (Hugging Face models and peft wrappers do)."""
+    forward = getattr(lm, "forward", lm)
+    try:
+        params = inspect.signature(forward).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == name or p.kind is p.VAR_KEYWORD for p in params)
+
+
+def _call(lm: Callable[..., Any], ids: Tensor, keep: int | None = None, cache: Any = None) -> Any:
+    """lm on ids (n, t), asking for the last ``keep`` logits and reusing ``cache`` when it can."""
+    kwargs: dict[str, Any] = {}
+    if keep is not None and _accepts(lm, "logits_to_keep"):
+        kwargs["logits_to_keep"] = keep
+    if cache is not None:
+        kwargs.update(past_key_values=cache, use_cache=True)
+    return lm(input_ids=ids, **kwargs)
+
+
+def _prefix_cache(lm: Callable[..., Any], prefix: Tensor, n: int) -> tuple[Tensor, Any]:
+    """Run ``prefix`` (p,) once: its last logits expanded to (n, vocab), and its KV cache for n rows.
+
+    The cache is None when the model keeps none that can be copied to a batch; callers then
+    run the prefix with every row instead.
+    """
+    if not (_accepts(lm, "past_key_values") and _accepts(lm, "use_cache")):
+        return torch.empty(0), None
+    out = lm(input_ids=prefix[None], use_cache=True, **(
+        {"logits_to_keep": 1} if _accepts(lm, "logits_to_keep") else {}))
+    cache = getattr(out, "past_key_values", None)
+    if cache is None or not hasattr(cache, "batch_repeat_interleave"):
+        return torch.empty(0), None
+    cache.batch_repeat_interleave(n)
+    return lm_logits(out)[:, -1].expand(n, -1), cache
+
+
+def continuation_logits(lm: Callable[..., Any], prefix: Tensor, ids: Tensor, keep: int) -> Tensor:
+    """Logits (n, keep, vocab) at the last ``keep`` positions of prefix (p,) + ids (n, t).
+
+    keep <= t + 1, so the positions lie in ids or at the prefix's last token. Gradients
+    flow to the LM's parameters, through the shared prefix cache as well.
+    """
+    n, t = ids.shape
+    if prefix.numel() == 0:
+        return lm_logits(_call(lm, ids, keep))[:, -keep:]
+    first, cache = _prefix_cache(lm, prefix, n)
+    if cache is None:
+        full = torch.cat([prefix.expand(n, -1), ids], dim=1)
+        return lm_logits(_call(lm, full, keep))[:, -keep:]
+    if t == 0:
+        return first[:, None]
+    rest = lm_logits(_call(lm, ids, min(keep, t), cache))[:, -min(keep, t):]
+    return torch.cat([first[:, None], rest], dim=1) if keep == t + 1 else rest
+
+
+def decode(lm: Callable[..., Any], prefix: Tensor, ids: Tensor, steps: int,
+           choose: Callable[[Tensor], Tensor]) -> Tensor:
+    """``steps`` tokens (n, steps) written after prefix (p,) + ids (n, t), one at a time.
+
+    choose maps the next-token logits (n, vocab) to tokens (n,) (sampling, argmax). The KV
+    cache is used when the model keeps one. No gradients.
+    """
+    n = ids.shape[0]
+    tokens = torch.empty(n, steps, dtype=torch.long, device=ids.device)
+    takes_cache = _accepts(lm, "past_key_values")
+    with torch.no_grad():
+        first, cache = _prefix_cache(lm, prefix, n) if prefix.numel() else (torch.empty(0), None)
+        context = ids if cache is not None else torch.cat([prefix.expand(n, -1), ids], dim=1)
+        if cache is not None and ids.shape[1] == 0:
+            logits = first
+        else:
+            out = _call(lm, context, 1, cache)
+            logits = lm_logits(out)[:, -1]
+            cache = getattr(out, "past_key_values", None) if takes_cache else None
+        for t in range(steps):
+            tokens[:, t] = choose(logits)
+            if t + 1 == steps:
+                break
+            if cache is not None:
+                out = _call(lm, tokens[:, t : t + 1], 1, cache)
+                cache = out.past_key_values
+            else:
+                out = _call(lm, torch.cat([context, tokens[:, : t + 1]], dim=1), 1)
+            logits = lm_logits(out)[:, -1]
+    return tokens
+
+
+def vocab_size(lm: Any) -> int | None:
+    """The LM's vocabulary size when its config states it (Hugging Face and peft models)."""
+    size = getattr(getattr(lm, "config", None), "vocab_size", None)
+    return size if isinstance(size, int) else None
+
+
+def check_token_ids(x: Tensor, vocab: int | None, name: str) -> None:
+    """Raise InvalidArgumentError unless x holds integer ids in [0, vocab)."""
+    if x.is_floating_point() or x.dtype == torch.bool:
+        raise InvalidArgumentError(f"{name} must hold integer token ids, got dtype {x.dtype}")
+    if x.numel() and int(x.min()) < 0:
+        raise InvalidArgumentError(f"{name} holds negative token ids")
+    if x.numel() and vocab is not None and int(x.max()) >= vocab:
+        raise InvalidArgumentError(f"{name} holds token id {int(x.max())} but the LM has {vocab} tokens")
+
+
 class LMDistribution(Distribution):
     """The next ``length`` tokens an LM writes after ``prompt_ids``, at ``temperature``.
 
@@ -49,14 +157,15 @@ class LMDistribution(Distribution):
             raise InvalidArgumentError("lm must be a callable causal language model")
         if not isinstance(prompt_ids, Tensor) or prompt_ids.dim() != 1 or prompt_ids.numel() < 1:
             raise ShapeMismatchError("prompt_ids must be a non-empty LongTensor of shape (p,)")
-        if prompt_ids.is_floating_point():
-            raise InvalidArgumentError("prompt_ids must hold integer token ids")
+        check_token_ids(prompt_ids, vocab_size(lm), "prompt_ids")
         if not isinstance(length, int) or length < 1:
             raise InvalidArgumentError(f"length must be a positive int, got {length!r}")
         if not (isinstance(temperature, int | float) and math.isfinite(temperature) and temperature > 0):
             raise InvalidArgumentError(f"temperature must be a finite number > 0, got {temperature!r}")
         if eos_id is not None and (not isinstance(eos_id, int) or eos_id < 0):
             raise InvalidArgumentError(f"eos_id must be a non-negative int or None, got {eos_id!r}")
+        if eos_id is not None:
+            check_token_ids(torch.tensor([eos_id]), vocab_size(lm), "eos_id")
         if not isinstance(batch_size, int) or batch_size < 1:
             raise InvalidArgumentError(f"batch_size must be a positive int, got {batch_size!r}")
         self.lm = lm
@@ -76,48 +185,30 @@ class LMDistribution(Distribution):
         first = next(iter(self.lm.parameters()), None) if isinstance(self.lm, nn.Module) else None
         return first.device if first is not None else torch.device("cpu")
 
-    @property
-    def _takes_cache(self) -> bool:
-        """Whether the LM's forward accepts ``use_cache`` (Hugging Face models do)."""
-        forward = getattr(self.lm, "forward", self.lm)
-        params = inspect.signature(forward).parameters.values()
-        return any(p.name == "use_cache" or p.kind is p.VAR_KEYWORD for p in params)
-
     # --- sampling ---------------------------------------------------------------------------
     def sample(self, n: int, generator: torch.Generator) -> Tensor:
-        """n sequences, LongTensor (n, length), drawn token by token (batched)."""
+        """n sequences, LongTensor (n, length) on the CPU, drawn token by token (batched)."""
         if not isinstance(n, int) or n < 0:
             raise InvalidArgumentError(f"n must be a non-negative int, got {n!r}")
-        with torch.no_grad():
-            parts = [self._sample_batch(min(self.batch_size, n - i), generator)
-                     for i in range(0, n, self.batch_size)]
+        parts = [self._sample_batch(min(self.batch_size, n - i), generator)
+                 for i in range(0, n, self.batch_size)]
         return torch.cat(parts) if parts else torch.zeros(0, self.length, dtype=torch.long)
 
     def _sample_batch(self, b: int, generator: torch.Generator) -> Tensor:
-        ids = self.prompt_ids.to(self._device).expand(b, -1)
-        out = self.lm(input_ids=ids, use_cache=True) if self._takes_cache else self.lm(input_ids=ids)
-        cache = getattr(out, "past_key_values", None)
-        tokens = torch.empty(b, self.length, dtype=torch.long)
         done = torch.zeros(b, dtype=torch.bool)
-        for t in range(self.length):
-            logits = lm_logits(out)[:, -1].float().cpu() / self.temperature
-            probs = torch.softmax(logits, dim=-1)
+
+        def draw(logits: Tensor) -> Tensor:
+            probs = torch.softmax(logits.float().cpu() / self.temperature, dim=-1)
             if not torch.isfinite(probs).all():
                 raise ModelOutputError("the language model returned NaN or inf logits while sampling")
             nxt = torch.multinomial(probs, 1, generator=generator)[:, 0]
             if self.eos_id is not None:
                 nxt = torch.where(done, self.eos_id, nxt)
-                done |= nxt == self.eos_id
-            tokens[:, t] = nxt
-            if t + 1 == self.length:
-                break
-            step = nxt[:, None].to(self._device)
-            if cache is not None:
-                out = self.lm(input_ids=step, past_key_values=cache, use_cache=True)
-                cache = out.past_key_values
-            else:
-                out = self.lm(input_ids=torch.cat([ids, tokens[:, : t + 1].to(self._device)], dim=1))
-        return tokens
+                done.logical_or_(nxt == self.eos_id)
+            return nxt.to(self._device)
+
+        empty = torch.zeros(b, 0, dtype=torch.long, device=self._device)
+        return decode(self.lm, self.prompt_ids.to(self._device), empty, self.length, draw).cpu()
 
     # --- densities ----------------------------------------------------------------------------
     def token_log_probs(self, x: Tensor) -> Tensor:
@@ -128,13 +219,15 @@ class LMDistribution(Distribution):
         return torch.cat(parts) if parts else torch.zeros(0, self.length, dtype=torch.float64)
 
     def _token_log_probs_batch(self, x: Tensor) -> Tensor:
-        b, p = x.shape[0], self.prompt_ids.numel()
-        ids = torch.cat([self.prompt_ids.expand(b, -1), x.long()], dim=1).to(self._device)
-        logits = lm_logits(self.lm(input_ids=ids))[:, p - 1 : p - 1 + self.length]
-        log_soft = torch.log_softmax(logits.double() / self.temperature, dim=-1)
-        terms = log_soft.gather(2, ids[:, p:, None]).squeeze(2).cpu()
+        ids = x.long().to(self._device)
+        logits = continuation_logits(self.lm, self.prompt_ids.to(self._device), ids[:, :-1], self.length)
+        # float32 log-softmax, then float64: the double copy of (n, length, vocab) is not needed
+        scaled = logits.float() / self.temperature
+        picked = scaled.gather(2, ids[:, :, None]).squeeze(2)
+        terms = (picked.double() - torch.logsumexp(scaled, dim=-1).double()).cpu()
         if self.eos_id is None:
             return terms
+        x = x.cpu()
         after = torch.cumsum((x == self.eos_id).long(), dim=1) - (x == self.eos_id).long() > 0
         absorbed = torch.where(x == self.eos_id, 0.0, -math.inf).to(terms.dtype)
         return torch.where(after, absorbed, terms)
@@ -149,10 +242,7 @@ class LMDistribution(Distribution):
             raise ShapeMismatchError(
                 f"{name} has shape {shape}; LMDistribution expects token ids (n, {self.length})"
             )
-        if x.is_floating_point() or x.dtype == torch.bool:
-            raise InvalidArgumentError(f"{name} must hold integer token ids, got dtype {x.dtype}")
-        if x.numel() and int(x.min()) < 0:
-            raise InvalidArgumentError(f"{name} holds negative token ids")
+        check_token_ids(x, vocab_size(self.lm), name)
         return x
 
     def __repr__(self) -> str:
