@@ -21,10 +21,12 @@ transformers = pytest.importorskip("transformers")
 VOCAB = 13
 
 
-def tiny_llama(seed: int = 0):
+def tiny_llama(seed: int = 0, init: float = 0.02):
+    """A random 1-layer Llama; a larger ``init`` spreads its argmax over more tokens."""
     config = transformers.LlamaConfig(vocab_size=VOCAB, hidden_size=16, num_hidden_layers=1,
                                       num_attention_heads=2, num_key_value_heads=2,
-                                      intermediate_size=32, max_position_embeddings=64)
+                                      intermediate_size=32, max_position_embeddings=64,
+                                      initializer_range=init)
     torch.manual_seed(seed)
     return transformers.LlamaForCausalLM(config).eval()
 
@@ -52,6 +54,43 @@ def test_next_token_logits_are_the_lm_logits_after_prefix_message_suffix():
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in lm.parameters())
 
 
+def test_shared_prefix_cache_gives_the_same_logits_gradients_and_greedy_reply():
+    lm = tiny_llama()
+    prefix, suffix = torch.tensor([1, 2, 4]), torch.tensor([3, 0])
+    x = torch.tensor([[5, 6, 7], [8, 9, 10], [11, 12, 0]])
+    cached = NextTokenLogits(lm, prefix, suffix)
+    plain = NextTokenLogits(lambda input_ids: lm(input_ids=input_ids).logits, prefix, suffix)
+    grads = []
+    for model in (cached, plain):
+        lm.zero_grad()
+        y = model(x)
+        (y * torch.linspace(-1, 1, VOCAB)).sum().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in lm.parameters()]))
+    assert torch.allclose(cached(x), plain(x), atol=1e-5)
+    assert torch.allclose(grads[0], grads[1], atol=1e-5)
+    # greedy reply: argmax, appended, repeated (reference: a full forward at every step)
+    reply = cached.greedy(x, 4)
+    ids = torch.cat([prefix.expand(3, -1), x, suffix.expand(3, -1)], dim=1)
+    with torch.no_grad():
+        for _ in range(4):
+            ids = torch.cat([ids, lm(input_ids=ids).logits[:, -1].argmax(1, keepdim=True)], dim=1)
+    assert torch.equal(reply, ids[:, -4:]) and torch.equal(plain.greedy(x, 4), reply)
+
+
+def test_next_token_logits_rejects_bad_ids():
+    model = NextTokenLogits(tiny_llama(), torch.tensor([1]))
+    with pytest.raises(tg.InvalidArgumentError, match="x"):
+        model(torch.tensor([[VOCAB]]))
+    with pytest.raises(tg.InvalidArgumentError):
+        model(torch.tensor([[0.5]]))
+    with pytest.raises(tg.ShapeMismatchError):
+        model(torch.tensor([1, 2]))
+    with pytest.raises(tg.InvalidArgumentError, match="suffix_ids"):
+        NextTokenLogits(tiny_llama(), suffix_ids=torch.tensor([-1]))
+    with pytest.raises(tg.InvalidArgumentError, match="n_tokens"):
+        model.greedy(torch.tensor([[1]]), 0)
+
+
 def test_chat_template_is_split_around_the_message():
     prefix, suffix = chat_template_parts(CharTokenizer(), system="e")
     # "a" + "e" + "c" + "b" | message | "c" + "d"
@@ -67,14 +106,30 @@ def test_next_token_in_scores_the_forbidden_set():
     assert s.tolist() == [2.0, -2.0]
     with pytest.raises(tg.ShapeMismatchError):
         NextTokenIn([7]).score(torch.zeros(2, 1), y)
+    for bad in ([], [1.5], [-1], 3, None):
+        with pytest.raises(tg.InvalidArgumentError):
+            NextTokenIn(bad)
+
+
+def test_next_token_in_soft_is_the_forbidden_mass_and_sharpens_to_the_indicator():
+    spec = NextTokenIn([2, 5])
+    y = torch.randn(50, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 3
+    mass = torch.softmax(y, 1)[:, [2, 5]].sum(1)
+    assert torch.allclose(spec.soft(None, y), torch.log(mass))
+    hard = spec.score(None, y) > 0
+    sharp = spec.soft(None, y, temperature=1e-3).exp()
+    assert torch.allclose(sharp, hard.double(), atol=1e-6)
+    y.requires_grad_(True)
+    spec.soft(None, y).sum().backward()
+    assert torch.isfinite(y.grad).all() and (y.grad[:, [0, 1, 3, 4]] < 0).all()
     with pytest.raises(tg.InvalidArgumentError):
-        NextTokenIn([])
+        spec.soft(None, y, temperature=0.0)
 
 
 def test_estimate_a_forbidden_first_reply_token_on_lm_written_messages():
     """Plain sampling and the exact sum over all messages agree on a tiny LM and policy."""
     writer = LMDistribution(tiny_llama(1), torch.tensor([0]), length=2, temperature=1.5)
-    policy = NextTokenLogits(tiny_llama(2), torch.tensor([1]), torch.tensor([3]))
+    policy = NextTokenLogits(tiny_llama(3, init=0.5), torch.tensor([1]), torch.tensor([3]))
     with torch.no_grad():
         xs = torch.cartesian_prod(torch.arange(VOCAB), torch.arange(VOCAB))
         top = policy(xs).argmax(1)
@@ -82,6 +137,7 @@ def test_estimate_a_forbidden_first_reply_token_on_lm_written_messages():
     forbidden = int(counts.masked_fill(counts == 0, float("inf")).argmin())  # the rarest reply
     with torch.no_grad():
         truth = float(torch.exp(writer.log_prob(xs))[top == forbidden].sum())
+    assert 0 < truth < 0.1
     est = tg.estimate(policy, writer, NextTokenIn([forbidden]), method="mc", budget=3000, seed=0)
     assert est.ci_log10[0] <= torch.log10(torch.tensor(truth)) <= est.ci_log10[1]
 

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..dists.lm import lm_logits
+from ..dists.lm import check_token_ids, continuation_logits, decode, vocab_size
 from ..errors import InvalidArgumentError, ShapeMismatchError
 
 #: stands for the user message while a chat template is rendered
@@ -33,7 +33,7 @@ class NextTokenLogits(nn.Module):
     """Token ids (n, ctx) -> logits (n, vocab) of the token after prefix + x + suffix.
 
     Gradients flow to the LM's parameters, so hardening can fine-tune it (e.g. with LoRA
-    adapters on ``lm``).
+    adapters on ``lm``). A model with a KV cache runs the shared prefix once per call.
     """
 
     def __init__(self, lm: nn.Module, prefix_ids: Tensor | None = None, suffix_ids: Tensor | None = None):
@@ -43,18 +43,30 @@ class NextTokenLogits(nn.Module):
         self.lm = lm
         self.prefix_ids: Tensor = _ids(prefix_ids, "prefix_ids")
         self.suffix_ids: Tensor = _ids(suffix_ids, "suffix_ids")
+        for name, ids in (("prefix_ids", self.prefix_ids), ("suffix_ids", self.suffix_ids)):
+            check_token_ids(ids, vocab_size(lm), name)
 
-    def forward(self, x: Tensor) -> Tensor:
-        if not isinstance(x, Tensor) or x.dim() != 2 or x.is_floating_point():
+    def _message(self, x: Tensor) -> Tensor:
+        """x (n, ctx) checked, with the suffix appended: (n, ctx + s)."""
+        if not isinstance(x, Tensor) or x.dim() != 2:
             shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
             raise ShapeMismatchError(f"NextTokenLogits expects token ids (n, ctx), got {shape}")
-        n = x.shape[0]
-        device = x.device
-        ids = torch.cat([self.prefix_ids.to(device).expand(n, -1), x.long(),
-                         self.suffix_ids.to(device).expand(n, -1)], dim=1)
-        if ids.shape[1] == 0:
+        check_token_ids(x, vocab_size(self.lm), "x")
+        ids = torch.cat([x.long(), self.suffix_ids.to(x.device).expand(x.shape[0], -1)], dim=1)
+        if ids.shape[1] + self.prefix_ids.numel() == 0:
             raise ShapeMismatchError("NextTokenLogits needs at least one token of context")
-        return lm_logits(self.lm(input_ids=ids))[:, -1]
+        return ids
+
+    def forward(self, x: Tensor) -> Tensor:
+        ids = self._message(x)
+        return continuation_logits(self.lm, self.prefix_ids.to(x.device), ids, keep=1)[:, -1]
+
+    def greedy(self, x: Tensor, n_tokens: int) -> Tensor:
+        """The LM's greedy continuation (n, n_tokens) after prefix + x + suffix (its reply)."""
+        if not isinstance(n_tokens, int) or n_tokens < 1:
+            raise InvalidArgumentError(f"n_tokens must be a positive int, got {n_tokens!r}")
+        ids = self._message(x)
+        return decode(self.lm, self.prefix_ids.to(x.device), ids, n_tokens, lambda y: y.argmax(-1))
 
 
 def chat_template_parts(tokenizer: Any, system: str | None = None) -> tuple[Tensor, Tensor]:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Sequence
+from numbers import Integral
 
 import torch
 from torch import Tensor
@@ -21,10 +23,15 @@ class NextTokenIn(Spec):
     """
 
     def __init__(self, token_ids: Sequence[int]):
-        ids = sorted({int(t) for t in token_ids}) if token_ids is not None else []
-        if not ids or any(t < 0 for t in ids):
-            raise InvalidArgumentError("token_ids must be a non-empty set of non-negative token ids")
-        self.token_ids = ids
+        raw = token_ids.tolist() if isinstance(token_ids, Tensor) else token_ids
+        if isinstance(raw, int | str) or raw is None:
+            raw = []
+        ids = list(raw)
+        if not ids or any(isinstance(t, bool) or not isinstance(t, Integral) or t < 0 for t in ids):
+            raise InvalidArgumentError(
+                f"token_ids must be a non-empty sequence of non-negative int token ids, got {token_ids!r}"
+            )
+        self.token_ids = sorted({int(t) for t in ids})
 
     def check_output(self, y: Tensor) -> None:
         if y.dim() != 2:
@@ -34,13 +41,32 @@ class NextTokenIn(Spec):
                 f"NextTokenIn token ids reach {self.token_ids[-1]} but the vocabulary has {y.shape[1]} tokens"
             )
 
-    def score(self, x: Tensor, y: Tensor) -> Tensor:
+    def _forbidden(self, y: Tensor) -> Tensor:
+        """Mask (vocab,) of the forbidden tokens, after checking y."""
         self.check_output(y)
         forbidden = torch.zeros(y.shape[1], dtype=torch.bool, device=y.device)
         forbidden[self.token_ids] = True
-        top_bad = y[:, forbidden].max(1).values
+        return forbidden
+
+    def score(self, x: Tensor, y: Tensor) -> Tensor:
+        forbidden = self._forbidden(y)
+        top_bad = y.masked_fill(~forbidden, float("-inf")).max(1).values
         top_ok = y.masked_fill(forbidden, float("-inf")).max(1).values
         return top_bad - top_ok
+
+    def soft(self, x: Tensor, y: Tensor, temperature: float = 1.0) -> Tensor:
+        """log sigmoid(logsumexp(y_bad / T) - logsumexp(y_ok / T)), (n,): smooth in every logit.
+
+        At T = 1 it is the log of the softmax mass on the forbidden set, i.e. the chance that a
+        *sampled* reply starts with a forbidden token; as T -> 0 it tends to log 1[score > 0].
+        """
+        if not (isinstance(temperature, int | float) and math.isfinite(temperature) and temperature > 0):
+            raise InvalidArgumentError(f"temperature must be a finite number > 0, got {temperature!r}")
+        forbidden = self._forbidden(y)
+        scaled = y / temperature
+        bad = torch.logsumexp(scaled.masked_fill(~forbidden, float("-inf")), dim=1)
+        ok = torch.logsumexp(scaled.masked_fill(forbidden, float("-inf")), dim=1)
+        return torch.nn.functional.logsigmoid(bad - ok)
 
     def __repr__(self) -> str:
         return f"NextTokenIn({self.token_ids})"
