@@ -192,3 +192,23 @@ def test_bad_inputs_to_log_prob_are_rejected():
         dist.log_prob(torch.zeros(3, 5, dtype=torch.long))
     with pytest.raises(tg.InvalidArgumentError):
         dist.log_prob(torch.zeros(3, 2))
+
+
+def test_peft_lora_model_samples_with_its_cache_and_trains_only_the_adapters():
+    peft = pytest.importorskip("peft")
+    base = tiny_llama(vocab=6)
+    lora = peft.get_peft_model(base, peft.LoraConfig(r=2, target_modules=["q_proj", "v_proj"],
+                                                     init_lora_weights=False))
+    prompt = torch.tensor([1, 2])
+    dist = LMDistribution(lora, prompt, length=3)
+    shapes = []
+    hook = base.register_forward_pre_hook(
+        lambda m, a, kw: shapes.append(tuple(kw["input_ids"].shape)), with_kwargs=True)
+    x = dist.sample(32, torch.Generator().manual_seed(5))
+    hook.remove()
+    assert shapes == [(1, 2), (32, 1), (32, 1)]  # the adapter passes the cache through
+    plain = LMDistribution(without_cache(lora), prompt, length=3)
+    assert torch.equal(x, plain.sample(32, torch.Generator().manual_seed(5)))
+    dist.log_prob(x).sum().backward()
+    trained = {n for n, p in lora.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert trained and all("lora_" in n for n in trained)
