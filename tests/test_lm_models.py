@@ -222,3 +222,18 @@ def test_real_smollm2_answers_through_its_chat_template(tmp_path):
         first = policy(ids).argmax(1)
     assert tokenizer.decode(first).strip() in {"The", "Paris"}
     assert "Paris" in tokenizer.decode(policy.greedy(ids, 8)[0])
+
+
+class WordTokenizer:
+    """Whole words (with or without a leading space) are single tokens; anything else splits."""
+
+    vocab = {"Sure": 1, " Sure": 2, "Yes": 3, "Okay": 4, " Done": 5}
+
+    def __call__(self, text, add_special_tokens=False):
+        return {"input_ids": [self.vocab[text]] if text in self.vocab else [0] * len(text)}
+
+
+def test_forbidden_ids_keep_single_token_agreeing_words():
+    from tailguard.bench.lm_real import forbidden_ids
+
+    assert forbidden_ids(WordTokenizer()) == [1, 2, 3, 4, 5]
