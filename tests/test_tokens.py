@@ -223,11 +223,11 @@ def test_splitting_with_gibbs_moves_matches_exhaustive_enumeration(spec_args):
     assert all(e.n_model_calls <= BUDGET for e in runs)
 
 
-def test_auto_uses_itgis_on_tokens():
+def test_auto_uses_tsis_on_tokens():
     model, dist, spec, truth = case(0, 0, 0.5, 5)
-    assert choose_method(model, dist, spec, BUDGET) == "itgis"
+    assert choose_method(model, dist, spec, BUDGET) == "tsis"
     est = tg.estimate(model, dist, spec, "auto", budget=BUDGET, seed=0)
-    assert est.method == "itgis" and est.n_model_calls <= BUDGET
+    assert est.method == "tsis" and est.n_model_calls <= BUDGET
     assert abs(est.log10_p - truth) < 0.5
 
 

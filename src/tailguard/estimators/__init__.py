@@ -7,4 +7,5 @@ from . import (
     mc,  # noqa: F401
     moments,  # noqa: F401
     splitting,  # noqa: F401
+    tsis,  # noqa: F401
 )

@@ -4,7 +4,7 @@ First a pilot of plain sampling spends a fifth of the budget: if it already sees
 PILOT_HITS catastrophes, p is large enough to sample and plain sampling (exact
 CI, no modelling assumption) finishes the job with the rest. Otherwise the order
 of preference (measured in benchmarks/estimation.md) is importance sampling when
-D has a density and the spec is graded (``is`` for Gaussian-like D, ``itgis`` for
+D has a density and the spec is graded (``is`` for Gaussian-like D, ``tsis`` for
 independent tokens), then splitting when D has a reversible move, then plain
 sampling. Black-box predicates get plain sampling, the only
 method that needs nothing but a yes/no answer.
@@ -32,7 +32,7 @@ from .base import Outcome, available, build
 from .importance import ImportanceSampling
 from .mc import MonteCarlo, counts_outcome
 
-PREFERENCE = ("is", "itgis", "splitting", "mc")
+PREFERENCE = ("is", "tsis", "itgis", "splitting", "mc")
 PILOT_FRACTION = 0.2
 PILOT_HITS = 30
 

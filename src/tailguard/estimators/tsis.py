@@ -1,0 +1,483 @@
+"""Trigger-seeded importance sampling (TSIS) for token inputs.
+
+Under independent token inputs the catastrophic inputs ("triggers") of a small
+transformer are few and concentrated: in the enumerable benchmark one context
+usually carries most of P[C], and it needs two or three rare tokens at once, a
+conjunction that a first-order gradient tilt (``itgis``) often never samples
+(benchmarks/lm/enumerable.md). TSIS looks for triggers first and then samples
+around them, in three stages:
+
+1. **Search** (``search_share`` of the budget). A beam search from D's mode and
+   pilot draws on J_lam(x) = log p(x) + lam * min(s(x), 0) for several lam at once
+   (``_search``), then the single-token neighbours of the most probable triggers
+   found (``_expand``). Every context the search scores with s > 0 joins the found
+   set S; each is scored once.
+2. **Adaptation** (``adapt_share``). Batches from the mixture proposal below;
+   new hits join S and the gradient tilt is updated as in ``itgis``.
+3. **Estimation** (the rest), with S and the proposal frozen:
+
+       P[C] = p(S) + E_q[ (p(x) / q(x)) 1[s(x) > 0] 1[x not in S] ],
+
+   p(S) summed exactly (every member was scored), the remainder by importance
+   sampling with i.i.d. draws from q conditioned on x not in S (rejecting members of
+   S costs no model call), so the estimate is unbiased and its CI comes from the
+   sample variance of those draws (delta method on log p), widened by a Good-Turing
+   allowance for triggers never hit. p(S) is a proven lower bound, which the CI never
+   goes below.
+
+On the enumerable benchmark (benchmarks/lm/enumerable.md) the search alone finds
+nearly all of P[C]: there p(S) is within 1e-6 of the exact value for most targets.
+
+The proposal q is a mixture of product distributions, each a (ctx, vocab) table:
+D itself (share ``defensive``, so every weight is at most 1 / defensive), the
+``itgis`` gradient tilt, and, for each of the most probable found triggers x*,
+"neighbourhoods" that keep each token x*_i with probability 1 - e and redraw it
+from D with probability e (e in NEIGHBOURHOOD_SPREADS), which reach the
+triggers that differ from x* in a few positions.
+
+One model call is one row through the model (a backward pass, where the
+adaptation batches need the gradient, costs no extra call).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from .._logspace import ess, normal_log_ci, pareto_k
+from ..dists.base import Distribution
+from ..dists.tokens import IndependentTokens
+from ..errors import InvalidArgumentError
+from ..oracle import ScoreOracle
+from ..specs import Spec
+from .base import Outcome, register
+from .itgis import PARETO_K_LIMIT, _one_hot_problem, _proposal, _scores_and_gradient
+
+#: chance that a neighbourhood component redraws each position of its trigger from D
+NEIGHBOURHOOD_SPREADS = (0.2, 0.5)
+#: weights lam of the score in the search objectives J_lam(x) = log p(x) + lam min(s(x), 0)
+SEARCH_LAMBDAS = (1.0, 4.0, 16.0, 64.0)
+#: relative slack under the found mass in the CI's lower end (float64 sums of many masses differ by less)
+ROUNDING_SLACK = 1e-9
+#: share of the search budget for the beam; the rest expands the neighbourhoods of found triggers
+BEAM_SHARE = 0.7
+#: share of the mixture given to the gradient tilt once triggers are known (all but D's share before)
+TILT_SHARE = 0.2
+
+
+@register
+@dataclass(frozen=True)
+class TriggerSeededIS:
+    """Trigger-seeded importance sampling (token inputs).
+
+    Settings: shares of the budget for the search and the adaptation batches;
+    ``beam_width`` contexts in the search beam; ``candidates`` tokens tried per
+    position and step (every token when the vocabulary has at most candidates + 1);
+    ``components`` found triggers that seed neighbourhoods; ``defensive`` share of D
+    in the proposal; ``temperature`` of the gradient tilt; ``batch_size`` draws per
+    adaptation batch.
+    """
+
+    name: ClassVar[str] = "tsis"
+    search_share: float = 0.3
+    adapt_share: float = 0.2
+    beam_width: int = 16
+    candidates: int = 16
+    components: int = 32
+    defensive: float = 0.1
+    temperature: float = 0.15
+    batch_size: int = 256
+
+    def __post_init__(self) -> None:
+        shares = {"search_share": self.search_share, "adapt_share": self.adapt_share}
+        for key, value in shares.items():
+            if not 0.0 <= value < 1.0:
+                raise InvalidArgumentError(f"{key} must be in [0, 1), got {value}")
+        if self.search_share + self.adapt_share > 0.9:
+            raise InvalidArgumentError(
+                "search_share + adapt_share must leave at least a tenth of the budget for the estimate, "
+                f"got {self.search_share + self.adapt_share:g}"
+            )
+        for key, count in {"beam_width": self.beam_width, "candidates": self.candidates,
+                           "components": self.components, "batch_size": self.batch_size}.items():
+            if not isinstance(count, int) or count < 1:
+                raise InvalidArgumentError(f"{key} must be an int >= 1, got {count!r}")
+        if not 0.0 < self.defensive < 1.0:
+            raise InvalidArgumentError(f"defensive must be in (0, 1), got {self.defensive}")
+        if not self.temperature > 0.0:
+            raise InvalidArgumentError(f"temperature must be > 0, got {self.temperature}")
+
+    def unsupported_reason(self, model: nn.Module, dist: Distribution, spec: Spec) -> str | None:
+        if not isinstance(dist, IndependentTokens):
+            return f"tsis needs IndependentTokens inputs, got {type(dist).__name__}"
+        if not spec.continuous:
+            return f"{type(spec).__name__} gives no graded score to search along"
+        return _one_hot_problem(model, dist)
+
+    def min_budget(self) -> int:
+        return 4 * self.batch_size
+
+    # --- the run ------------------------------------------------------------------------------
+    def run(self, oracle: ScoreOracle, budget: int, generator: torch.Generator, confidence: float) -> Outcome:
+        dist = oracle.dist
+        assert isinstance(dist, IndependentTokens)
+        log_p = dist.log_probs().detach()
+        found, cache = FoundSet(log_p), ScoreCache()
+        search_budget = int(self.search_share * budget)
+        search_calls = _search(oracle, dist, found, cache, int(BEAM_SHARE * search_budget), self, generator)
+        search_calls += _expand(oracle, dist, found, cache, search_budget - search_calls, self.components,
+                                self.candidates)
+        g = torch.zeros_like(log_p)
+        spent = search_calls
+        adapt_end = spent + int(self.adapt_share * budget)
+        while adapt_end - spent >= self.batch_size:
+            mixture = self._mixture(log_p, g, found)
+            x = mixture.sample(self.batch_size, generator)
+            s, grad = _scores_and_gradient(oracle, dist, x)
+            found.add(x, s)
+            g = 0.9 * g + 0.1 * grad.mean(0)
+            spent += self.batch_size
+        mixture = self._mixture(log_p, g, found)
+        n = budget - spent
+        x, log_q = _draws_outside(mixture, found, n, generator)
+        s = oracle.scores(x)
+        log_terms = torch.where(s > 0, log_p.gather(1, x.T).sum(0) - log_q, -math.inf)
+        found_mass = found.log_mass()
+        seen_once = _seen_once(x, s > 0)
+        found.add(x, s)
+        diagnostics = {"search_calls": search_calls, "found_triggers": len(found), "draws": n,
+                       "log10_found_mass": found_mass / math.log(10),
+                       "proposal_components": mixture.weights.numel()}
+        return _outcome(found_mass, log_terms, seen_once, found.log_mass(), math.log(1.0 / self.defensive),
+                        confidence, diagnostics)
+
+    def _mixture(self, log_p: Tensor, g: Tensor, found: FoundSet) -> ProductMixture:
+        """D, the gradient tilt and neighbourhoods of the most probable found triggers, as one mixture."""
+        log_tilt, _ = _proposal(log_p, g, self.temperature)
+        triggers, log_masses = found.top(self.components)
+        tables, weights = [log_p, log_tilt], [self.defensive]
+        if triggers.shape[0] == 0:
+            weights.append(1.0 - self.defensive)
+            return ProductMixture(torch.stack(tables), torch.tensor(weights, dtype=torch.float64))
+        weights.append(TILT_SHARE)
+        # half the neighbourhood share by each trigger's probability, half evenly
+        share = torch.softmax(log_masses, 0) / 2 + 0.5 / triggers.shape[0]
+        share = share * (1.0 - self.defensive - TILT_SHARE) / len(NEIGHBOURHOOD_SPREADS)
+        for spread in NEIGHBOURHOOD_SPREADS:
+            tables.extend(_neighbourhood(log_p, triggers, spread))
+            weights.extend(share.tolist())
+        return ProductMixture(torch.stack(tables), torch.tensor(weights, dtype=torch.float64))
+
+
+class ProductMixture:
+    """sum_k weights[k] prod_i exp(log_tables[k, i, x_i]): a mixture of independent-token distributions."""
+
+    def __init__(self, log_tables: Tensor, weights: Tensor):
+        self.log_tables = log_tables  # (K, ctx, vocab), float64
+        self.weights = weights / weights.sum()  # (K,)
+
+    def sample(self, n: int, generator: torch.Generator) -> Tensor:
+        """Token ids (n, ctx)."""
+        k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
+        ctx, vocab = self.log_tables.shape[1:]
+        probs = torch.exp(self.log_tables[k]).reshape(n * ctx, vocab)
+        return torch.multinomial(probs, 1, generator=generator).reshape(n, ctx)
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        """log q(x) (n,), float64."""
+        index = x.T[None].expand(self.log_tables.shape[0], -1, -1)  # (K, ctx, n)
+        per_component = self.log_tables.gather(2, index).sum(1)  # (K, n)
+        return torch.logsumexp(per_component + torch.log(self.weights)[:, None], 0)
+
+
+def _draws_outside(mixture: ProductMixture, found: FoundSet, n: int,
+                   generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """n draws (n, ctx) from the mixture conditioned on lying outside the found set, and their log q'.
+
+    q'(x) = q(x) 1[x not in S] / (1 - q(S)); q(S) is a finite sum, and rejecting members
+    of S costs no model call, so no call is spent on a context whose mass is already counted.
+    """
+    members, _ = found.top(len(found))
+    log_q_found = float(torch.logsumexp(mixture.log_prob(members), 0)) if len(found) else -math.inf
+    if log_q_found > math.log1p(-1e-9):
+        raise InvalidArgumentError("the proposal has no mass outside the found triggers")
+    kept: list[Tensor] = []
+    have = 0
+    while have < n:
+        x = mixture.sample(2 * (n - have) + 16, generator)
+        x = x[~found.contains(x)][: n - have]
+        kept.append(x)
+        have += x.shape[0]
+    x = torch.cat(kept)
+    return x, mixture.log_prob(x) - math.log1p(-math.exp(log_q_found))
+
+
+def _neighbourhood(log_p: Tensor, triggers: Tensor, spread: float) -> list[Tensor]:
+    """log tables (ctx, vocab), one per trigger (m, ctx): keep x*_i w.p. 1 - spread, else draw from D."""
+    keep = torch.nn.functional.one_hot(triggers, log_p.shape[1]).double()  # (m, ctx, vocab)
+    probs = (1.0 - spread) * keep + spread * torch.exp(log_p)[None]
+    return list(torch.log(probs).unbind(0))
+
+
+class FoundSet:
+    """Distinct contexts known to be catastrophic, with their exact log-probabilities under D."""
+
+    def __init__(self, log_p: Tensor):
+        self.log_p = log_p
+        self._log_masses: dict[tuple[int, ...], float] = {}
+
+    def __len__(self) -> int:
+        return len(self._log_masses)
+
+    def add(self, x: Tensor, s: Tensor) -> None:
+        """Record the rows of x (n, ctx) whose score s (n,) is > 0."""
+        hits = x[s > 0]
+        if hits.shape[0]:
+            log_masses = self.log_p.gather(1, hits.T).sum(0).tolist()
+            self._log_masses.update(zip(map(tuple, hits.tolist()), log_masses, strict=True))
+
+    def contains(self, x: Tensor) -> Tensor:
+        """Bool (n,): which rows are already in the set."""
+        return torch.tensor([tuple(r) in self._log_masses for r in x.tolist()], dtype=torch.bool)
+
+    def log_mass(self) -> float:
+        """log p(S), -inf when empty."""
+        if not self._log_masses:
+            return -math.inf
+        return float(torch.logsumexp(torch.tensor(list(self._log_masses.values()), dtype=torch.float64), 0))
+
+    def top(self, k: int) -> tuple[Tensor, Tensor]:
+        """The k most probable members as ids (m, ctx) and their log-probabilities (m,)."""
+        ranked = sorted(self._log_masses.items(), key=lambda item: -item[1])[:k]
+        ids = torch.tensor([row for row, _ in ranked], dtype=torch.long)
+        ids = ids.reshape(len(ranked), self.log_p.shape[0])
+        return ids, torch.tensor([lm for _, lm in ranked], dtype=torch.float64)
+
+
+def _search(oracle: ScoreOracle, dist: IndependentTokens, found: FoundSet, cache: ScoreCache, budget: int,
+            settings: TriggerSeededIS, generator: torch.Generator) -> int:
+    """Beam search on J_lam = log p + lam min(s, 0) for several lam at once; returns calls spent.
+
+    The beam keeps, for each lam in SEARCH_LAMBDAS, the best ``beam_width // len(SEARCH_LAMBDAS)``
+    distinct contexts among the beam and all their single-token changes: small lam
+    keeps the contexts D makes likely, large lam those closest to a catastrophe, and
+    the groups in between follow the trade-off, so the beam can reach a trigger that
+    needs two rare tokens through either one first. When the beam stops changing it
+    restarts from fresh starting points (also when a step met no context it had not
+    scored, which is how a beam cycling between two sets ends). Contexts are scored
+    once each (a cache).
+    """
+    n_pilot = min(max(budget // 4, settings.beam_width), budget - 1)
+    if n_pilot < settings.beam_width:
+        return 0
+    pilot = dist.sample(n_pilot, generator)
+    pilot_scores = oracle.scores(pilot)
+    cache.put(pilot, pilot_scores)
+    found.add(pilot, pilot_scores)
+    queue, queue_scores = _starting_points(oracle, dist, pilot, pilot_scores)
+    spent = n_pilot + 1
+    cache.put(queue[:1], queue_scores[:1])
+    log_p = found.log_p
+    lambdas = torch.tensor(SEARCH_LAMBDAS, dtype=torch.float64)
+    per_group = max(settings.beam_width // len(SEARCH_LAMBDAS), 1)
+    next_start = settings.beam_width
+    beam, beam_scores = queue[:next_start], queue_scores[:next_start]
+    while True:
+        state_lambdas = lambdas.repeat_interleave(per_group)[: beam.shape[0]]
+        rows = _neighbours(oracle, dist, beam, state_lambdas, settings.candidates)
+        known, known_scores, fresh = cache.split(rows)
+        if spent + fresh.shape[0] > budget:
+            break
+        fresh_scores = oracle.scores(fresh) if fresh.shape[0] else torch.zeros(0, dtype=torch.float64)
+        spent += fresh.shape[0]
+        cache.put(fresh, fresh_scores)
+        found.add(fresh, fresh_scores)
+        pool = torch.cat([beam, known, fresh])
+        pool_scores = torch.cat([beam_scores, known_scores, fresh_scores])
+        pool, unique_index = _distinct(pool)
+        pool_scores = pool_scores[unique_index]
+        objective = log_p.gather(1, pool.T).sum(0)[None] + lambdas[:, None] * pool_scores.clamp(max=0.0)
+        chosen = _pick_per_group(objective, per_group)
+        if fresh.shape[0] == 0 or _same_rows(pool[chosen], beam):  # converged (or cycling)
+            if next_start >= queue.shape[0]:
+                break
+            starts = torch.arange(next_start, min(next_start + settings.beam_width, queue.shape[0]))
+            next_start += settings.beam_width
+            beam, beam_scores = queue[starts], queue_scores[starts]
+            continue
+        beam, beam_scores = pool[chosen], pool_scores[chosen]
+    return spent
+
+
+def _expand(oracle: ScoreOracle, dist: IndependentTokens, found: FoundSet, cache: ScoreCache, budget: int,
+            width: int, candidates: int) -> int:
+    """Score the single-token changes of the ``width`` most probable found triggers, again and again.
+
+    Whatever of P[C] the beam left out is most likely next to the triggers it found;
+    each round scores the unscored neighbours of the most probable triggers not yet
+    expanded, until a round finds nothing new or the budget is spent. Returns calls spent.
+    """
+    spent = 0
+    expanded: set[tuple[int, ...]] = set()
+    while True:
+        triggers, _ = found.top(len(found))
+        todo = [row for row in triggers.tolist() if tuple(row) not in expanded][:width]
+        if not todo:
+            return spent
+        states = torch.tensor(todo, dtype=torch.long)
+        rows = _neighbours(oracle, dist, states, torch.full((len(todo),), SEARCH_LAMBDAS[-1],
+                                                             dtype=torch.float64), candidates)
+        _, _, fresh = cache.split(rows)
+        if spent + fresh.shape[0] > budget:
+            return spent
+        expanded.update(map(tuple, todo))
+        if fresh.shape[0]:
+            scores = oracle.scores(fresh)
+            spent += fresh.shape[0]
+            cache.put(fresh, scores)
+            found.add(fresh, scores)
+
+
+def _pick_per_group(objective: Tensor, per_group: int) -> Tensor:
+    """Indices of up to ``per_group`` best pool rows for each lam (rows of objective (L, m)), distinct."""
+    taken: list[int] = []
+    for row in objective:
+        order = row.argsort(descending=True).tolist()
+        taken.extend([i for i in order if i not in taken][:per_group])
+    return torch.tensor(taken, dtype=torch.long)
+
+
+def _distinct(rows: Tensor) -> tuple[Tensor, Tensor]:
+    """The distinct rows of (m, ctx) in order of first appearance, and their indices into ``rows``."""
+    keep = torch.tensor(_first_occurrences([tuple(r) for r in rows.tolist()]), dtype=torch.long)
+    return rows[keep], keep
+
+
+def _same_rows(a: Tensor, b: Tensor) -> bool:
+    return {tuple(r) for r in a.tolist()} == {tuple(r) for r in b.tolist()}
+
+
+class ScoreCache:
+    """Scores of contexts already pushed through the model, so a search never pays twice."""
+
+    def __init__(self) -> None:
+        self._scores: dict[tuple[int, ...], float] = {}
+
+    def put(self, x: Tensor, s: Tensor) -> None:
+        self._scores.update(zip(map(tuple, x.tolist()), s.tolist(), strict=True))
+
+    def split(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(known rows, their scores, distinct unknown rows) of x (m, ctx)."""
+        rows = [tuple(r) for r in x.tolist()]
+        known = [i for i, r in enumerate(rows) if r in self._scores]
+        unknown = [i for i in _first_occurrences(rows) if rows[i] not in self._scores]
+        scores = torch.tensor([self._scores[rows[i]] for i in known], dtype=torch.float64)
+        return x[torch.tensor(known, dtype=torch.long)], scores, x[torch.tensor(unknown, dtype=torch.long)]
+
+
+def _starting_points(oracle: ScoreOracle, dist: IndependentTokens, pilot: Tensor,
+                     pilot_scores: Tensor) -> tuple[Tensor, Tensor]:
+    """D's most probable context, then pilot draws alternately by score and as drawn: ids and scores.
+
+    The best-scoring draws start close to the catastrophe region but are often improbable;
+    draws in their drawn order are typical of D, from where the climb buys the fewest rare
+    tokens; the mode is the most typical start of all (costs one call).
+    """
+    mode = dist.log_probs().argmax(1)[None]
+    by_score = pilot_scores.argsort(descending=True)
+    as_drawn = torch.arange(pilot.shape[0])
+    order = torch.stack([by_score, as_drawn], 1).reshape(-1)
+    order = order[torch.tensor(_first_occurrences(order.tolist()), dtype=torch.long)]
+    return torch.cat([mode, pilot[order]]), torch.cat([oracle.scores(mode), pilot_scores[order]])
+
+
+def _first_occurrences(items: list[Any]) -> list[int]:
+    """Positions of the first occurrence of each distinct item, in order."""
+    seen: set[Any] = set()
+    keep = []
+    for position, item in enumerate(items):
+        if item not in seen:
+            seen.add(item)
+            keep.append(position)
+    return keep
+
+
+def _neighbours(oracle: ScoreOracle, dist: IndependentTokens, states: Tensor, lam: Tensor,
+                candidates: int) -> Tensor:
+    """Single-token changes (m, ctx) of each state (R, ctx), at most ``candidates`` per position."""
+    n_states, ctx = states.shape
+    vocab = dist.vocab
+    if vocab - 1 <= candidates:
+        tokens = torch.arange(vocab).expand(n_states, ctx, vocab)
+    else:  # rank the changes by their first-order gain in J
+        _, grad = _scores_and_gradient(oracle, dist, states)
+        log_p = dist.log_probs().detach()
+        gain = log_p[None] + lam[:, None, None] * grad  # constant terms of J dropped
+        gain = gain.scatter(2, states[:, :, None], -math.inf)
+        tokens = gain.topk(candidates, dim=2).indices
+    n_tokens = tokens.shape[2]
+    rows = states[:, None, None, :].expand(n_states, ctx, n_tokens, ctx).clone()
+    position = torch.arange(ctx)[None, :, None].expand(n_states, ctx, n_tokens)
+    rows.scatter_(3, position[..., None], tokens[..., None])
+    rows = rows.reshape(-1, ctx)
+    owner = torch.arange(n_states).repeat_interleave(ctx * n_tokens)
+    changed = (rows != states[owner]).any(1)
+    possible = torch.isfinite(dist.log_probs().gather(1, rows.T).sum(0))
+    return rows[changed & possible]
+
+
+def _seen_once(x: Tensor, hit: Tensor) -> Tensor:
+    """Bool (n,): hits (rows of x (n, ctx) where ``hit``) whose context occurs exactly once among them."""
+    rows = [tuple(r) for r in x[hit].tolist()]
+    counts = Counter(rows)
+    once = torch.zeros_like(hit)
+    once[hit] = torch.tensor([counts[r] == 1 for r in rows], dtype=torch.bool)
+    return once
+
+
+def _outcome(found_log_mass: float, log_terms: Tensor, seen_once: Tensor, final_log_mass: float,
+             log_max_weight: float, confidence: float, diagnostics: dict[str, Any]) -> Outcome:
+    """p(S) + mean of the i.i.d. terms, CI from their variance, never below the found mass.
+
+    The normal CI only knows the triggers the draws reached. Its upper end also gets the
+    weighted mass of the triggers hit exactly once (Good-Turing: what was seen once is
+    the best guess of what was not seen at all), an allowance for triggers the proposal
+    reaches too rarely to be hit, which the sample variance cannot see.
+    """
+    n = log_terms.numel()
+    hits = int(torch.isfinite(log_terms).sum())
+    diagnostics = {**diagnostics, "hits": hits}
+    terms = torch.exp(log_terms)  # each at most 1 / defensive
+    found = math.exp(found_log_mass) if math.isfinite(found_log_mass) else 0.0
+    total = found + float(terms.mean())
+    floor = final_log_mass + math.log1p(-ROUNDING_SLACK)  # a proven lower bound, less rounding
+    if hits == 0:
+        # no hit outside S: the rest of C has mass at most ln(2/(1-conf)) * max weight / n w.p. conf
+        rest_bound = math.log(2.0 / (1.0 - confidence)) * math.exp(log_max_weight) / n
+        high = math.log(min(found + rest_bound, 1.0))
+        diagnostics.update({"ess": 0.0, "pareto_k": None, "rel_se": None})
+        if total == 0.0:
+            return Outcome(-math.inf, (-math.inf, high), diagnostics,
+                           (f"no catastrophe found by the search or in {n:,} draws: only an upper bound",))
+        return Outcome(math.log(total), (floor, high), diagnostics)
+    se = float(terms.std()) / math.sqrt(n)
+    log_total = math.log(total)
+    rel_se = se / total
+    k_hat = pareto_k(log_terms)
+    diagnostics.update({"ess": ess(log_terms), "pareto_k": None if math.isnan(k_hat) else k_hat,
+                        "rel_se": rel_se})
+    low, high = normal_log_ci(log_total, rel_se, confidence)
+    unseen = float(torch.exp(log_terms[seen_once]).sum()) / n
+    high = min(math.log(math.exp(high) + unseen), 0.0)
+    diagnostics["unseen_allowance"] = unseen
+    warnings: tuple[str, ...] = ()
+    if k_hat > PARETO_K_LIMIT:
+        warnings = (f"importance weights are heavy-tailed (Pareto k = {k_hat:.2f} > {PARETO_K_LIMIT}): "
+                    "the CI cannot be trusted",)
+    log_p = max(log_total, final_log_mass)
+    return Outcome(log_p, (max(low, floor), max(high, log_p)), diagnostics, warnings)
