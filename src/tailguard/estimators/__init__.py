@@ -5,6 +5,7 @@ from . import (
     importance,  # noqa: F401
     itgis,  # noqa: F401
     mc,  # noqa: F401
+    mhis,  # noqa: F401
     moments,  # noqa: F401
     splitting,  # noqa: F401
     tsis,  # noqa: F401
