@@ -88,6 +88,22 @@ class ScoreOracle:
             raise ModelOutputError(f"the model returned NaN or inf for {rows} of {n} inputs")
         return y
 
+    def features(self, x: Tensor, fn: Callable[[Tensor], Tensor]) -> Tensor:
+        """``fn`` (a part of the model, e.g. its final activations) on x, batched, counted as model calls."""
+        self.dist.check_inputs(x)
+        parts = []
+        with torch.no_grad(), eval_mode(self.model):
+            for start in range(0, x.shape[0], self.batch_size):
+                chunk = x[start : start + self.batch_size]
+                out = fn(self._prepare(chunk))
+                self.n_calls += chunk.shape[0]
+                if self.on_calls is not None:
+                    self.on_calls(chunk.shape[0])
+                if not torch.isfinite(out).all():
+                    raise ModelOutputError("the model's activations hold NaN or inf")
+                parts.append(out.double().cpu())
+        return torch.cat(parts)
+
     def scores_with_grad(self, x: Tensor) -> Tensor:
         """Scores (n,) float64 with gradients to the model (one batch, for differentiable use)."""
         y = self.outputs(x)

@@ -32,7 +32,7 @@ from ..tasks.token_transformer import exact_target_log10, train_token_transforme
 
 TARGET_BAND_LOG10 = (-9.0, -5.0)
 BUDGET = 2**16
-METHODS = ("tsis", "itgis", "mhis", "splitting", "gld", "mc")
+METHODS = ("tsis", "itgis", "mhis", "splitting", "qld", "gld", "mc")
 CTX, VOCAB = 5, 12
 
 

@@ -7,6 +7,7 @@ from . import (
     mc,  # noqa: F401
     mhis,  # noqa: F401
     moments,  # noqa: F401
+    qld,  # noqa: F401
     splitting,  # noqa: F401
     tsis,  # noqa: F401
 )
