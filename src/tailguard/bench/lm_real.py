@@ -192,7 +192,8 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         f"- Attack success: the fine-tuned adversary's messages make the original policy agree with "
         f"P = 10^{ft['log10']:.2f} (prompted: 10^{before['adversary (prompted)']['log10']:.2f}); checked by "
-        f"sampling one reply per message: {ft['sampled_replies_agreeing']} of {ft['messages']} agreed.",
+        f"sampling one reply per message: {ft['sampled_replies_agreeing']} of {ft['messages']} agreed "
+        f"(P predicts {ft['messages'] * ft['mean']:.1f}).",
         f"- The fine-tuned adversary as importance-sampling proposal for D: log10 P_D = "
         f"{is_est['log10_p']:.2f} [{is_est['ci_log10'][0]:.2f}, {is_est['ci_log10'][1]:.2f}], "
         f"ESS {is_est['diagnostics']['ess']:.0f} of {is_est['n_model_calls']}.",
