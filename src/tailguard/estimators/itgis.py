@@ -68,11 +68,7 @@ class IndependentTokenGIS:
             raise InvalidArgumentError(f"decay must be in [0, 1), got {self.decay}")
 
     def unsupported_reason(self, model: nn.Module, dist: Distribution, spec: Spec) -> str | None:
-        if not isinstance(dist, IndependentTokens):
-            return f"itgis needs IndependentTokens inputs, got {type(dist).__name__}"
-        if not spec.continuous:
-            return f"{type(spec).__name__} gives no graded score to take gradients of"
-        return _one_hot_problem(model, dist)
+        return token_gradient_problem(self.name, model, dist, spec)
 
     def min_budget(self) -> int:
         return self.batch_size
@@ -161,6 +157,15 @@ def _zero_hit_bound(bound_terms: Tensor, confidence: float) -> float:
     """
     log_quantile = math.log(math.log(2.0 / (1.0 - confidence)))
     return min(log_quantile - float(torch.logsumexp(bound_terms, 0)), 0.0)
+
+
+def token_gradient_problem(method: str, model: nn.Module, dist: Distribution, spec: Spec) -> str | None:
+    """Why an estimator that needs one-hot gradients of a graded score over tokens cannot run, or None."""
+    if not isinstance(dist, IndependentTokens):
+        return f"{method} needs IndependentTokens inputs, got {type(dist).__name__}"
+    if not spec.continuous:
+        return f"{type(spec).__name__} gives no graded score to take gradients of"
+    return _one_hot_problem(model, dist)
 
 
 def _one_hot_problem(model: nn.Module, dist: IndependentTokens) -> str | None:

@@ -43,7 +43,7 @@ from ..errors import InvalidArgumentError
 from ..oracle import ScoreOracle
 from ..specs import Spec
 from .base import Outcome, register
-from .itgis import _one_hot_problem, _scores_and_gradient
+from .itgis import _scores_and_gradient, token_gradient_problem
 
 #: the temperature is kept in this range
 TEMPERATURE_RANGE = (0.02, 20.0)
@@ -76,11 +76,7 @@ class MetropolisHastingsIS:
             raise InvalidArgumentError(f"temperature must be >= 0 (0: pilot), got {self.temperature}")
 
     def unsupported_reason(self, model: nn.Module, dist: Distribution, spec: Spec) -> str | None:
-        if not isinstance(dist, IndependentTokens):
-            return f"mhis needs IndependentTokens inputs, got {type(dist).__name__}"
-        if not spec.continuous:
-            return f"{type(spec).__name__} gives no graded score to tilt by"
-        return _one_hot_problem(model, dist)
+        return token_gradient_problem(self.name, model, dist, spec)
 
     def min_budget(self) -> int:
         return self.pilot + 10 * self.chains

@@ -56,7 +56,7 @@ from ..errors import InvalidArgumentError
 from ..oracle import ScoreOracle
 from ..specs import Spec
 from .base import Outcome, register
-from .itgis import PARETO_K_LIMIT, _one_hot_problem, _proposal, _scores_and_gradient
+from .itgis import PARETO_K_LIMIT, _proposal, _scores_and_gradient, token_gradient_problem
 
 #: chance that a neighbourhood component redraws each position of its trigger from D
 NEIGHBOURHOOD_SPREADS = (0.2, 0.5)
@@ -113,11 +113,7 @@ class TriggerSeededIS:
             raise InvalidArgumentError(f"temperature must be > 0, got {self.temperature}")
 
     def unsupported_reason(self, model: nn.Module, dist: Distribution, spec: Spec) -> str | None:
-        if not isinstance(dist, IndependentTokens):
-            return f"tsis needs IndependentTokens inputs, got {type(dist).__name__}"
-        if not spec.continuous:
-            return f"{type(spec).__name__} gives no graded score to search along"
-        return _one_hot_problem(model, dist)
+        return token_gradient_problem(self.name, model, dist, spec)
 
     def min_budget(self) -> int:
         return 4 * self.batch_size
