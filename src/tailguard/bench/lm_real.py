@@ -21,7 +21,9 @@ step saw (so before and after are paired):
 3. the policy is hardened (LoRA, ``lm.training.harden_policy``) on messages from the
    fine-tuned adversary and from D, tied to the original by the KL of its first reply
    token on ordinary messages: every probability again, and that KL on held-out
-   ordinary messages.
+   ordinary messages;
+4. the adversary is trained again, now against the hardened policy (it adapts), and
+   its success measured.
 """
 
 from __future__ import annotations
@@ -74,7 +76,7 @@ class RealRunSizes:
     eval_attack: int = 128
     pool: int = 96
     adversary: AdversarySettings = AdversarySettings(steps=12, batch=24, lr=5e-3, beta=0.05)
-    policy: PolicySettings = PolicySettings(steps=24, batch=16, lr=3e-3, kl_weight=1.0, floor=1e-5)
+    policy: PolicySettings = PolicySettings(steps=24, batch=16, lr=2e-3, kl_weight=4.0, floor=1e-5)
 
     @classmethod
     def quick(cls) -> RealRunSizes:
@@ -137,6 +139,11 @@ def run(out: Path, sizes: RealRunSizes = RealRunSizes(), cache_dir: str | Path |
                                    progress=lambda i, m: say(f"policy step {i}: {m}"))
     after = {name: _mean_mass(policy, x, forbidden) for name, x in messages.items()}
     kl = first_token_kl(policy, messages["deployment D"])
+    # the adversary adapts: trained again, now against the hardened policy
+    retrain_history = train_adversary(adversary, policy, forbidden, sizes.adversary, seed=seed + 1,
+                                      checkpoint_dir=out / "checkpoints" / "adversary-vs-hardened",
+                                      progress=lambda i, m: say(f"re-attack step {i}: {m}"))
+    readapted = _mean_mass(policy, adversary.sample(sizes.eval_attack, g), forbidden)
     results: dict[str, Any] = {
         "forbidden": [tokenizer.decode([t]) for t in forbidden],
         "sizes": asdict(sizes),
@@ -144,6 +151,7 @@ def run(out: Path, sizes: RealRunSizes = RealRunSizes(), cache_dir: str | Path |
         "deployment_is_with_fine_tuned_adversary": json.loads(via_adversary.to_json()),
         "kl_first_token_on_deployment": {"mean": float(kl.mean()), "max": float(kl.max())},
         "adversary_history": adversary_history, "policy_history": policy_history,
+        "readapted_adversary_on_hardened_policy": readapted, "readapt_history": retrain_history,
         "adversary_examples": [tokenizer.decode(row) for row in messages["adversary (fine-tuned)"][:4]],
         "seconds": time.perf_counter() - started,
     }
@@ -188,6 +196,7 @@ def markdown(results: dict[str, Any]) -> str:
     ft = before["adversary (fine-tuned)"]
     is_est = results["deployment_is_with_fine_tuned_adversary"]
     kl = results["kl_first_token_on_deployment"]
+    again = results["readapted_adversary_on_hardened_policy"]
     lines += [
         "",
         f"- Attack success: the fine-tuned adversary's messages make the original policy agree with "
@@ -197,6 +206,8 @@ def markdown(results: dict[str, Any]) -> str:
         f"- The fine-tuned adversary as importance-sampling proposal for D: log10 P_D = "
         f"{is_est['log10_p']:.2f} [{is_est['ci_log10'][0]:.2f}, {is_est['ci_log10'][1]:.2f}], "
         f"ESS {is_est['diagnostics']['ess']:.0f} of {is_est['n_model_calls']}.",
+        f"- The adversary trained again ({len(results['readapt_history'])} steps) against the hardened "
+        f"policy: P = 10^{again['log10']:.2f} [{again['ci_log10'][0]:.2f}, {again['ci_log10'][1]:.2f}].",
         f"- Cost of hardening on ordinary messages: KL(original || hardened) of the first reply token "
         f"on the {before['deployment D']['messages']} held-out D messages: mean {kl['mean']:.4f} nats, "
         f"max {kl['max']:.3f}.",
