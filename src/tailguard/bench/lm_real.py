@@ -169,7 +169,8 @@ def _mean_mass(policy: Any, x: torch.Tensor, forbidden: list[int], sampled_check
     pi = forbidden_mass(logits, forbidden)
     mean = float(pi.mean())
     low, high = normal_log_ci(math.log(mean), float(pi.std()) / math.sqrt(pi.numel()) / mean, 0.95)
-    row: dict[str, Any] = {"messages": pi.numel(), "mean": mean, "log10": to_log10(math.log(mean)),
+    row: dict[str, Any] = {"messages": pi.numel(), "distinct": int(torch.unique(x, dim=0).shape[0]),
+                           "mean": mean, "log10": to_log10(math.log(mean)),
                            "ci_log10": [to_log10(low), to_log10(high)]}
     if sampled_check:  # one sampled reply token per message: catastrophes actually seen
         first = torch.multinomial(torch.softmax(logits.double(), -1), 1, generator=generator)[:, 0]
@@ -207,7 +208,8 @@ def markdown(results: dict[str, Any]) -> str:
         f"{is_est['log10_p']:.2f} [{is_est['ci_log10'][0]:.2f}, {is_est['ci_log10'][1]:.2f}], "
         f"ESS {is_est['diagnostics']['ess']:.0f} of {is_est['n_model_calls']}.",
         f"- The adversary trained again ({len(results['readapt_history'])} steps) against the hardened "
-        f"policy: P = 10^{again['log10']:.2f} [{again['ci_log10'][0]:.2f}, {again['ci_log10'][1]:.2f}].",
+        f"policy: P = 10^{again['log10']:.2f} [{again['ci_log10'][0]:.2f}, {again['ci_log10'][1]:.2f}] "
+        f"({again['distinct']} distinct messages of {again['messages']}).",
         f"- Cost of hardening on ordinary messages: KL(original || hardened) of the first reply token "
         f"on the {before['deployment D']['messages']} held-out D messages: mean {kl['mean']:.4f} nats, "
         f"max {kl['max']:.3f}.",
