@@ -6,8 +6,9 @@ import pytest
 import torch
 
 import tailguard as tg
+from tailguard.estimators._trigger_search import FoundSet
 from tailguard.estimators.base import build
-from tailguard.estimators.tsis import FoundSet, ProductMixture, TriggerSeededIS, _draws_outside
+from tailguard.estimators.tsis import ProductMixture, TriggerSeededIS, _draws_outside
 
 from .test_tokens import RARE, IdsOnly, TokenMLP, all_inputs, case, exact_log10, peaked_probs
 
