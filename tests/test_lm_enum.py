@@ -63,5 +63,5 @@ def test_quick_benchmark_from_the_command_line(tmp_path):
     result = CliRunner().invoke(app, ["bench", "lm", "--quick", "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
     for name in ("enumerable.json", "enumerable.md", "enumerable.png"):
-        assert (tmp_path / "lm" / name).is_file()
-    assert "itgis" in (tmp_path / "lm" / "enumerable.md").read_text()
+        assert (tmp_path / "lm" / "quick" / name).is_file()
+    assert "itgis" in (tmp_path / "lm" / "quick" / "enumerable.md").read_text()

@@ -245,16 +245,18 @@ def _bench_lm(quick: bool, out: Path, real: bool) -> None:
     def say(message: str) -> None:
         console.print(f"[dim]{escape(message)}[/dim]")
 
+    # a smoke run neither overwrites the full results nor meets the full run's checkpoints
+    folder = out / "lm" / "quick" if quick else out / "lm"
     with _bad_input_exits():
         if real:
             from .bench.lm_real import RealRunSizes, run
 
-            run(out / "lm", RealRunSizes.quick() if quick else RealRunSizes(), say=say)
-            console.print((out / "lm" / "real.md").read_text())
+            run(folder, RealRunSizes.quick() if quick else RealRunSizes(), say=say)
+            console.print((folder / "real.md").read_text())
             return
         from .bench.lm_enum import run_benchmark
 
-        paths = run_benchmark(out / "lm", quick, progress=say)
+        paths = run_benchmark(folder, quick, progress=say)
     console.print(paths["markdown"].read_text())
     console.print(f"report: {', '.join(str(p) for p in paths.values())}")
 
