@@ -24,7 +24,8 @@ kept states are those of an ordinary Metropolis-Hastings chain for q.
 
 The CI treats the chains as independent replicates of the ratio estimate (delta
 method across chain means); it is approximate (a chain that never left one mode
-shows no spread), and so is the upper bound given when no state is a catastrophe.
+shows no spread), and so is the upper bound given when no state is a catastrophe:
+that outcome is marked heuristic.
 """
 
 from __future__ import annotations
@@ -185,7 +186,8 @@ def _ratio_outcome(states: Tensor, temperature: float, confidence: float,
         log_bound = math.log(math.log(2.0 / (1.0 - confidence)) / n / float(den.mean())) - shift
         return Outcome(-math.inf, (-math.inf, min(log_bound, 0.0)), diagnostics,
                        ("no chain reached a catastrophe: only an approximate upper bound "
-                        "(it treats the chains' states as independent)",))
+                        "(it treats the chains' states as independent), so the outcome is heuristic",),
+                       heuristic=True)
     weights_ess = ess(log_w.flatten())
     diagnostics = {**diagnostics, "weights_ess": weights_ess}
     residual = num - p_hat * den
