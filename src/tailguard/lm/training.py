@@ -1,34 +1,20 @@
-"""Fine-tuning language models with LoRA: an adversary that writes attacks, a policy that resists them.
+"""The LoRA plumbing shared by LM fine-tuning: adapters, the base model back, a resumable loop.
 
-Both runs train only LoRA adapters (``add_lora``), so "the model before training" is
-always at hand: the same module with its adapters disabled. That gives the KL terms
-for free and keeps the trained part small enough to checkpoint every few steps.
+Both LM training runs (the adversary in ``lm.adversary``, the policy in
+``lm.harden``) train only LoRA adapters (``add_lora``), so "the model before
+training" is always at hand: the same module with its adapters disabled
+(``adapters_off``). That gives their KL terms for free and keeps the trained part
+small enough to checkpoint every few steps.
 
-**The adversary** q_phi writes user messages (an ``LMDistribution`` whose LM carries
-adapters). It ascends
-
-    J(phi) = ln E_{x~q_phi}[pi(x)] - beta KL(q_phi || q_0),
-
-pi(x) the policy's probability of a forbidden first reply token and q_0 the
-adversary before training (its prompt asking for attacks). Messages are discrete, so
-the gradient is the score-function (REINFORCE) form with the batch mean as baseline:
-grad ln E[pi] = E[(pi / E[pi] - 1) grad ln q], and grad KL = E[(ln q - ln q_0 - b) grad ln q],
-both from exact sequence log-probabilities.
-
-**The policy** (``NextTokenLogits`` over an LM with adapters) descends
-
-    max(ln mean_x pi(x), ln floor) + kl_weight * mean_{x ordinary} KL(pi_0(.|x) || pi(.|x)),
-
-the first mean over messages from the adversary and from the deployment
-distribution, the KL over the whole first-reply-token distribution on ordinary
-messages: the task loss is to answer ordinary messages as the original model did.
-
-Runs checkpoint the adapters, the optimizer, the history and the random state to one
-safetensors file every ``checkpoint_every`` steps and resume from it exactly.
+``run_training`` is the loop both use: Adam on the adapters, and every
+``checkpoint_every`` steps one safetensors file with the adapters, the optimizer, the
+history and the random state, from which a killed run resumes exactly (it loses at
+most one interval).
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -39,11 +25,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..dists.lm import LMDistribution
 from ..errors import InvalidArgumentError, ModelOutputError, require_extra
 from ..harden.checkpoint import flatten_optimizer, load_checkpoint, save_checkpoint, unflatten_optimizer
-from .hf import NextTokenLogits
-from .proposal import forbidden_mass
 
 Progress = Callable[[int, dict[str, float]], None]
 
@@ -80,143 +63,63 @@ def adapters_off(lm: nn.Module) -> Iterator[None]:
 
 
 def trainable(lm: nn.Module) -> dict[str, Tensor]:
+    """The parameters that train (the adapters), by name."""
     return {name: p for name, p in lm.named_parameters() if p.requires_grad}
 
 
 @dataclass(frozen=True)
 class TrainingSettings:
-    """Steps, messages per step, Adam learning rate, checkpoint interval (steps)."""
+    """Steps, messages per step, Adam learning rate, checkpoint interval (steps), and the
+    LoRA adapters added to an LM that has none yet (rank, module names)."""
 
     steps: int = 12
     batch: int = 24
     lr: float = 2e-3
     checkpoint_every: int = 4
+    lora_rank: int = 8
+    lora_targets: tuple[str, ...] = ("q_proj", "v_proj")
 
     def __post_init__(self) -> None:
-        for key in ("steps", "batch", "checkpoint_every"):
+        for key in ("steps", "batch", "checkpoint_every", "lora_rank"):
             value = getattr(self, key)
-            if not isinstance(value, int) or value < 1:
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise InvalidArgumentError(f"{key} must be a positive int, got {value!r}")
-        if not (math.isfinite(self.lr) and self.lr > 0):
+        if not (isinstance(self.lr, int | float) and math.isfinite(self.lr) and self.lr > 0):
             raise InvalidArgumentError(f"lr must be a finite number > 0, got {self.lr!r}")
+        targets = self.lora_targets
+        if not (isinstance(targets, tuple) and targets and all(isinstance(t, str) and t for t in targets)):
+            raise InvalidArgumentError(f"lora_targets must be a non-empty tuple of names, got {targets!r}")
 
 
-@dataclass(frozen=True)
-class AdversarySettings(TrainingSettings):
-    """``beta``: weight of KL(q_phi || q_0) in nats per message."""
-
-    beta: float = 0.05
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if not (math.isfinite(self.beta) and self.beta >= 0):
-            raise InvalidArgumentError(f"beta must be a finite number >= 0, got {self.beta!r}")
+def with_adapters(lm: nn.Module, settings: TrainingSettings, seed: int) -> nn.Module:
+    """``lm`` itself if it already carries LoRA adapters, else ``lm`` with new ones from ``settings``."""
+    if hasattr(lm, "disable_adapter"):
+        return lm
+    return add_lora(lm, settings.lora_rank, settings.lora_targets, seed)
 
 
-@dataclass(frozen=True)
-class PolicySettings(TrainingSettings):
-    """``kl_weight`` on the ordinary-message KL; ``floor`` below which the forbidden mass is not pushed."""
-
-    kl_weight: float = 1.0
-    floor: float = 1e-7
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if not (math.isfinite(self.kl_weight) and self.kl_weight >= 0):
-            raise InvalidArgumentError(f"kl_weight must be a finite number >= 0, got {self.kl_weight!r}")
-        if not 0 < self.floor < 1:
-            raise InvalidArgumentError(f"floor must be in (0, 1), got {self.floor!r}")
-
-
-def train_adversary(adversary: LMDistribution, policy: nn.Module, forbidden: list[int],
-                    settings: AdversarySettings = AdversarySettings(), seed: int = 0,
-                    checkpoint_dir: str | Path | None = None, progress: Progress | None = None) -> list[dict]:
-    """Ascend ln E_q[pi] - beta KL(q || q_0) over the adversary's adapters; returns the history.
-
-    adversary: an LMDistribution whose ``lm`` has adapters (``add_lora``); policy: message
-    ids (n, length) -> first-reply-token logits (n, vocab).
-    """
-    require_adapters(adversary.lm)
-    _check_forbidden(forbidden)
-
-    def step(generator: torch.Generator) -> tuple[Tensor, dict[str, float]]:
-        with torch.no_grad():
-            x = adversary.sample(settings.batch, generator)
-            pi = forbidden_mass(policy(x), forbidden)
-        with adapters_off(adversary.lm):
-            log_q0 = adversary.log_prob(x)
-        log_q = adversary.log_prob(x)
-        kl = log_q.detach() - log_q0
-        mean_pi = pi.mean()
-        advantage = pi / mean_pi - 1.0 if mean_pi > 0 else torch.zeros_like(pi)
-        loss = -(advantage * log_q).mean() + settings.beta * ((kl - kl.mean()) * log_q).mean()
-        metrics = {"mean_pi": float(mean_pi), "kl": float(kl.mean()),
-                   "objective": math.log(max(float(mean_pi), 1e-300)) - settings.beta * float(kl.mean())}
-        return loss, metrics
-
-    return _run(adversary.lm, step, settings, seed, checkpoint_dir, progress)
-
-
-def harden_policy(policy: NextTokenLogits, attacks: Tensor, ordinary: Tensor, forbidden: list[int],
-                  settings: PolicySettings = PolicySettings(), seed: int = 0,
-                  checkpoint_dir: str | Path | None = None, progress: Progress | None = None) -> list[dict]:
-    """Descend the policy's forbidden mass on attack and ordinary messages, KL-tied to the original.
-
-    attacks, ordinary: pools of message ids (m, length); each step draws ``batch`` of each.
-    """
-    require_adapters(policy.lm)
-    _check_forbidden(forbidden)
-    for name, pool in (("attacks", attacks), ("ordinary", ordinary)):
-        if not isinstance(pool, Tensor) or pool.dim() != 2 or pool.shape[0] < 1:
-            raise InvalidArgumentError(f"{name} must be message ids of shape (m, length), m >= 1")
-
-    def step(generator: torch.Generator) -> tuple[Tensor, dict[str, float]]:
-        a = attacks[torch.randint(attacks.shape[0], (settings.batch,), generator=generator)]
-        o = ordinary[torch.randint(ordinary.shape[0], (settings.batch,), generator=generator)]
-        with adapters_off(policy.lm):
-            reference = torch.log_softmax(policy(o).double(), -1)
-        logits = policy(torch.cat([a, o])).double()
-        pi = forbidden_mass(logits, forbidden)
-        log_new = torch.log_softmax(logits[settings.batch:], -1)
-        kl = (reference.exp() * (reference - log_new)).sum(1).mean()
-        log_mass = torch.log(pi.mean())
-        loss = torch.clamp(log_mass, min=math.log(settings.floor)) + settings.kl_weight * kl
-        metrics = {"mean_pi_attacks": float(pi[: settings.batch].mean()),
-                   "mean_pi_ordinary": float(pi[settings.batch:].mean()), "kl": float(kl)}
-        return loss, metrics
-
-    return _run(policy.lm, step, settings, seed, checkpoint_dir, progress)
-
-
-def first_token_kl(policy: NextTokenLogits, messages: Tensor, batch: int = 32) -> Tensor:
-    """KL(original || trained) (n,) of the first reply token on each message, in nats."""
-    parts = []
-    for i in range(0, messages.shape[0], batch):
-        x = messages[i : i + batch]
-        with adapters_off(policy.lm):
-            reference = torch.log_softmax(policy(x).double(), -1)
-        with torch.no_grad():
-            new = torch.log_softmax(policy(x).double(), -1)
-        parts.append((reference.exp() * (reference - new)).sum(1))
-    return torch.cat(parts)
-
-
-def _check_forbidden(forbidden: list[int]) -> None:
+def check_forbidden(forbidden: list[int]) -> None:
+    """Reject an empty or non-integer list of forbidden token ids."""
     if not forbidden or not all(isinstance(t, int) and t >= 0 for t in forbidden):
         raise InvalidArgumentError("forbidden must be a non-empty list of token ids")
 
 
-def _run(lm: nn.Module, step: Callable[[torch.Generator], tuple[Tensor, dict[str, float]]],
-         settings: TrainingSettings, seed: int, checkpoint_dir: str | Path | None,
-         progress: Progress | None) -> list[dict]:
-    """Adam on the adapters for ``settings.steps`` steps, resuming from and writing checkpoints."""
+def run_training(lm: nn.Module, step: Callable[[torch.Generator], tuple[Tensor, dict[str, float]]],
+                 settings: TrainingSettings, seed: int, checkpoint_dir: str | Path | None,
+                 progress: Progress | None) -> list[dict]:
+    """Adam on the adapters for ``settings.steps`` steps, resuming from and writing checkpoints.
+
+    ``step(generator)`` returns the loss to descend and the step's figures (the history).
+    """
     params = trainable(lm)
     if not params:
         raise InvalidArgumentError("the LM has no trainable parameters")
     optimizer = torch.optim.Adam(params.values(), lr=settings.lr)
     generator = torch.Generator().manual_seed(seed)
     history: list[dict] = []
+    # as the checkpoint's JSON will give it back (tuples become lists)
     config = {"settings": asdict(settings), "kind": type(settings).__name__, "seed": seed}
+    config = json.loads(json.dumps(config))
     folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
     if folder is not None and (folder / "checkpoint.safetensors").is_file():
         history = _resume(folder, config, params, optimizer, generator)
