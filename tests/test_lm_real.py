@@ -43,10 +43,16 @@ def test_the_pipeline_measures_before_and_after_and_writes_its_report(tmp_path, 
         low, high = row["ci_log10"]
         assert low <= row["log10"] <= high <= 0.0
     assert len(results["adversary_history"]) == sizes.adversary.steps
-    assert len(results["policy_history"]) == sizes.policy.steps
+    assert [r["round"] for r in results["rounds"]] == list(range(1, sizes.rounds + 1))
+    for r in results["rounds"]:
+        assert len(r["policy_history"]) == sizes.policy.steps
+        assert len(r["readapt_history"]) == sizes.adversary.steps
+        assert r["readapted"]["messages"] == sizes.eval_attack
+    assert "previous_attack_after" in results["rounds"][1]
     assert results["kl_first_token_on_deployment"]["mean"] >= 0.0
     saved = json.loads((tmp_path / "real.json").read_text())
     assert saved["before"] == results["before"]
     report = (tmp_path / "real.md").read_text()
     assert "lowered by" in report and "ESS" in report
-    assert (tmp_path / "checkpoints" / "policy" / "checkpoint.safetensors").is_file()
+    assert (tmp_path / "checkpoints" / "policy-2" / "checkpoint.safetensors").is_file()
+    assert (tmp_path / "real.png").is_file()
