@@ -117,6 +117,8 @@ def estimate(
         diagnostics=outcome.diagnostics,
         warnings=outcome.warnings,
         heuristic=outcome.heuristic,
+        trusted=outcome.trusted,
+        assumes=outcome.assumes,
     )
 
 

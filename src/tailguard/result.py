@@ -38,6 +38,9 @@ class Estimate:
     ``log10_p`` is -inf when no catastrophe was seen; ``ci_log10`` then still has
     a finite upper end. ``heuristic`` estimates (moment propagation) carry a CI
     that reflects no sampling error and must not be read as a guarantee.
+    ``trusted`` is False when the interval rests on an assumption that a check in
+    this run found broken (or could not make); ``warnings`` then say which.
+    ``assumes`` states in a sentence what the interval relies on.
     """
 
     log10_p: float
@@ -51,6 +54,8 @@ class Estimate:
     diagnostics: dict[str, Any] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
     heuristic: bool = False
+    trusted: bool = True
+    assumes: str = ""
 
     @property
     def p(self) -> float:
@@ -70,11 +75,38 @@ class Estimate:
         data["warnings"] = tuple(data.get("warnings", ()))
         return cls(**data)
 
-    def __str__(self) -> str:
+    @property
+    def reliable(self) -> bool:
+        """Whether the interval may be read at its nominal confidence: trusted and not heuristic."""
+        return self.trusted and not self.heuristic
+
+    def headline(self) -> str:
+        """One line: the estimate (or the bound, when nothing was seen) and its interval."""
         low, high = self.ci_log10
         pct = f"{100 * self.confidence:g}%"
-        tag = " (heuristic)" if self.heuristic else ""
-        return (
-            f"log10 p = {self.log10_p:.2f}  {pct} CI [{low:.2f}, {high:.2f}]  "
-            f"{self.method}{tag}, {self.n_model_calls:,} model calls, {self.seconds:.1f} s"
-        )
+        if math.isinf(self.log10_p):
+            value = f"no catastrophe seen: p <= 10^{high:.2f} ({pct} upper bound)"
+        else:
+            value = f"log10 p = {self.log10_p:.2f}  {pct} CI [{_log10_text(low)}, {high:.2f}]"
+        if self.heuristic:
+            state = "heuristic: the interval is no guarantee"
+        elif not self.trusted:
+            state = "interval NOT trusted"
+        else:
+            state = "interval trusted"
+        return f"{value}  ({state})"
+
+    def __str__(self) -> str:
+        seed = "a caller's generator" if self.seed is None else str(self.seed)
+        lines = [
+            self.headline(),
+            f"  {self.method}, {self.n_model_calls:,} model calls, {self.seconds:.1f} s, seed {seed}",
+        ]
+        if self.assumes:
+            lines.append(f"  assumes: {self.assumes}")
+        lines += [f"  warning: {w}" for w in self.warnings]
+        return "\n".join(lines)
+
+
+def _log10_text(value: float) -> str:
+    return "-inf" if math.isinf(value) else f"{value:.2f}"

@@ -23,13 +23,19 @@ from ..specs import Spec
 
 @dataclass(frozen=True)
 class Outcome:
-    """What an estimator found: natural-log estimate and CI plus diagnostics."""
+    """What an estimator found: natural-log estimate and CI plus diagnostics.
+
+    ``trusted`` is False when a check of this run found the interval's assumption
+    broken; ``assumes`` says in a sentence what the interval relies on.
+    """
 
     log_p: float
     ci: tuple[float, float]
     diagnostics: dict[str, Any] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
     heuristic: bool = False
+    trusted: bool = True
+    assumes: str = ""
 
 
 @runtime_checkable
