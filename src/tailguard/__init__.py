@@ -26,6 +26,7 @@ from .estimate import estimate, log_prob
 from .estimators.base import available as available_methods
 from .families import Family, FlowFamily, GaussianShift, PatchFamily, PerturbationBall
 from .harden import HardenReport, HardenResult, harden
+from .models import register_model
 from .result import Estimate
 from .specs import ClassIs, OutputAbove, Predicate, Spec
 
@@ -66,4 +67,5 @@ __all__ = [
     "available_methods",
     "estimate",
     "log_prob",
+    "register_model",
 ]

@@ -3,7 +3,7 @@
 A case file names everything one estimate needs::
 
     [model]
-    factory = "tailguard.models:mlp"     # "module:callable" returning an nn.Module
+    factory = "tailguard.models:mlp"     # a registered factory returning an nn.Module
     kwargs = { in_dim = 64, hidden = 32, out_dim = 10 }
     weights = "digits_mlp.safetensors"   # optional, relative to this file
 
@@ -20,20 +20,22 @@ A case file names everything one estimate needs::
     method = "auto"
     budget = 100000
 
-Configuration is data: the factory is imported by name (code the user already
-trusts, never ``exec``), and weight files are read with safetensors, which holds
-only tensors and a JSON header, so a hostile file cannot run code the way an
-unpickled ``torch.load`` file can. Every mistake becomes a ConfigError naming the
-file and the key, or a WeightsError naming the weight file.
+Configuration is data. ``factory`` names a factory the user registered
+(``@tailguard.register_model`` or a ``tailguard.models`` entry point) or a public
+function of a module the user trusts explicitly (``trust_modules``, the CLI's
+``--trust-module``); nothing else is imported or called (see tailguard.models).
+Weight files are read with safetensors, which holds only tensors and a JSON
+header, so a hostile file cannot run code the way an unpickled ``torch.load``
+file can. Every mistake becomes a ConfigError naming the file and the key, or a
+WeightsError naming the weight file.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import math
-import re
 import tomllib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -45,14 +47,14 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from .dists import Distribution, Gaussian, NoisyEmpirical
-from .errors import ConfigError, TailguardError, WeightsError, require_extra
+from .errors import ConfigError, InvalidArgumentError, TailguardError, WeightsError, require_extra
 from .estimate import estimate
 from .estimators.base import available, build
+from .models import find_factory
 from .result import Estimate
 from .specs import ClassIs, OutputAbove, Spec
 
 METADATA_KEY = "tailguard"
-_FACTORY = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 
 # --------------------------------------------------------------------------------------------
 # weights
@@ -70,11 +72,42 @@ def save_weights(model: nn.Module, path: str | Path, metadata: dict[str, Any] | 
     return path
 
 
+# leading bytes of formats people hand over as weights, and what to call them
+_FOREIGN_FORMATS = (
+    (b"PK\x03\x04", "a zip archive holding a pickle (what torch.save writes)"),
+    (b"\x80\x02", "a pickle (torch.save) file"),
+    (b"\x80\x03", "a pickle (torch.save) file"),
+    (b"\x80\x04", "a pickle (torch.save) file"),
+    (b"\x80\x05", "a pickle (torch.save) file"),
+    (b"GGUF", "a GGUF file"),
+    (b"\x93NUMPY", "a NumPy .npy file"),
+    (b"\x89HDF", "an HDF5 (.h5) file"),
+)
+_CONVERT = (
+    "convert it, in a process that trusts the file, with "
+    "safetensors.torch.save_file(torch.load(path, weights_only=True), 'model.safetensors')"
+)
+
+
+def _foreign_format(path: Path) -> str | None:
+    """What a file safetensors refused looks like, from its first bytes (nothing is unpickled).
+
+    Asked only after safetensors failed: a valid file's 8-byte header length can
+    begin with the same bytes as a pickle.
+    """
+    with path.open("rb") as handle:
+        head = handle.read(8)
+    if not head:
+        return "an empty file"
+    return next((kind for magic, kind in _FOREIGN_FORMATS if head.startswith(magic)), None)
+
+
 def read_safetensors(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
     """All tensors of a safetensors file and its tailguard metadata ({} if none).
 
     Anything that is not a complete safetensors file (a pickle, a zip written by
-    ``torch.save``, random bytes, a truncated download) raises WeightsError.
+    ``torch.save``, random bytes, a truncated download) raises WeightsError; a
+    recognisable other format (pickle, zip, GGUF, ...) is named in the message.
     """
     path = Path(path)
     if not path.is_file():
@@ -84,6 +117,12 @@ def read_safetensors(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any
             header = handle.metadata() or {}
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        kind = _foreign_format(path)
+        if kind is not None:
+            raise WeightsError(
+                f"{path} looks like {kind}; tailguard reads weights only from .safetensors "
+                f"and never unpickles files: {_CONVERT}"
+            ) from exc
         raise WeightsError(f"{path} is not a valid safetensors file ({exc})") from exc
     try:
         meta = json.loads(header.get(METADATA_KEY, "{}"))
@@ -148,16 +187,11 @@ def _number_list(v: Any, positive: bool = False) -> list[Any]:
 
 
 class ModelSection(_Section):
-    factory: str
+    """factory: a registered name (tailguard.models.find_factory decides what it may be)."""
+
+    factory: Annotated[str, Field(min_length=1)]
     kwargs: dict[str, Any] = Field(default_factory=dict)
     weights: str | None = None
-
-    @field_validator("factory")
-    @classmethod
-    def _factory_form(cls, v: str) -> str:
-        if not _FACTORY.match(v):
-            raise ValueError(f"must look like 'package.module:callable', got {v!r}")
-        return v
 
 
 class GaussianSection(_Section):
@@ -217,7 +251,7 @@ class ClassIsSection(_Section):
 
 class OutputAboveSection(_Section):
     kind: Literal["output_above"]
-    index: int
+    index: Annotated[int, Field(ge=0)]
     threshold: Annotated[float, Field(allow_inf_nan=False)]
 
 
@@ -328,25 +362,12 @@ class Case:
         return estimate(self.model, self.dist, self.spec, progress=progress, **opts, **settings)
 
 
-def _resolve_factory(spec: str, path: Path) -> Any:
-    """Import ``module:attr`` (attr may be dotted) and return it, if callable."""
-    module_name, attr = spec.split(":")
+def build_model(section: ModelSection, path: Path, trust_modules: Sequence[str] = ()) -> nn.Module:
+    """Call the allowed factory with its kwargs, check it made an nn.Module, load weights if given."""
     try:
-        obj: Any = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigError(f"{path}: model.factory: cannot import {module_name!r} ({exc})") from exc
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise ConfigError(f"{path}: model.factory: {spec!r} not found ({module_name} has no {attr})")
-        obj = getattr(obj, part)
-    if not callable(obj):
-        raise ConfigError(f"{path}: model.factory: {spec!r} is not callable")
-    return obj
-
-
-def build_model(section: ModelSection, path: Path) -> nn.Module:
-    """Call the factory with its kwargs, check it made an nn.Module, load weights if given."""
-    factory = _resolve_factory(section.factory, path)
+        factory = find_factory(section.factory, trust_modules)
+    except InvalidArgumentError as exc:
+        raise ConfigError(f"{path}: model.factory: {exc}") from exc
     try:
         model = factory(**section.kwargs)
     except (TailguardError, TypeError, ValueError) as exc:
@@ -414,11 +435,16 @@ def build_spec(section: ClassIsSection | OutputAboveSection) -> Spec:
     return OutputAbove(section.index, section.threshold)
 
 
-def load_case(path: str | Path) -> Case:
-    """Read a case file and build its model (with weights), distribution and spec."""
+def load_case(path: str | Path, trust_modules: Sequence[str] = ()) -> Case:
+    """Read a case file and build its model (with weights), distribution and spec.
+
+    ``trust_modules``: modules whose public functions the file may name as
+    ``"module:function"`` factories, besides the registered ones. Trust only code
+    you would run yourself: the file chooses which function and its arguments.
+    """
     path = Path(path)
     config = load_config(path)
-    model = build_model(config.model, path)
+    model = build_model(config.model, path, trust_modules)
     dist = build_distribution(config.distribution, path)
     est = config.estimate
     options = EstimateOptions(est.method, est.budget, est.seed, est.confidence, dict(est.settings))
