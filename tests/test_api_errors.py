@@ -114,3 +114,93 @@ def test_model_mode_is_restored_after_estimation():
     model.train()
     tg.estimate(model, tg.Gaussian(torch.zeros(4)), tg.ClassIs(1), "mc", 100)
     assert model.training
+
+
+@pytest.mark.parametrize("make", [lambda: tg.ClassIs(-1), lambda: tg.OutputAbove(-1, 0.0)])
+def test_negative_indices_are_refused_alike(make):
+    with pytest.raises(tg.InvalidArgumentError, match=r"must be a non-negative int, got -1"):
+        make()
+
+
+def test_output_index_counts_from_zero_only():
+    y = torch.tensor([[1.0, 5.0]])
+    assert tg.OutputAbove(1, 2.0).score(torch.zeros(1, 2), y).item() == 3.0
+    with pytest.raises(tg.ShapeMismatchError, match="out of range"):
+        tg.OutputAbove(2, 0.0).score(torch.zeros(1, 2), y)
+
+
+class CountingModel(nn.Module):
+    """Counts forward calls: a bad argument must be refused before the first one."""
+
+    def __init__(self):
+        super().__init__()
+        self.inner = nn.Sequential(nn.Flatten(), nn.Linear(16, 2))
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        return self.inner(x)
+
+
+def _game():
+    from ._toy_backdoor import toy_task
+
+    return toy_task()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "named"),
+    [
+        ({"budget": 0}, "budget must be a positive int"),
+        ({"budget": 500}, "budget 500 is too small"),
+        ({"seed": "zero"}, "seed must be"),
+        ({"method": "magic"}, "method: unknown method 'magic'"),
+        ({"method": "splitting", "final_fraction": 0.02}, "method .splitting. needs at least 1,400"),
+        ({"steps": 0}, "steps must be a positive int"),
+        ({"samples": 2.5}, "samples must be a positive int"),
+        ({"lr": float("nan")}, "lr must be a finite number > 0"),
+        ({"on_step": 3}, "on_step must be callable"),
+        ({"colour": 1}, "unknown attack setting"),
+    ],
+)
+def test_attack_refuses_bad_arguments_before_calling_the_model(kwargs, named):
+    _, family = _game()
+    model = CountingModel()
+    with pytest.raises(tg.InvalidArgumentError, match=named):
+        tg.attack(model, tg.ClassIs(1), family, **{"budget": 30_000, **kwargs})
+    assert model.calls == 0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "named"),
+    [
+        ({"steps": 0}, "steps must be a positive int"),
+        ({"held_out": 0}, "held_out must be a positive int"),
+        ({"eval_every": True}, "eval_every must be a positive int"),
+        ({"eval_method": "magic"}, "eval_method: unknown method 'magic'"),
+        ({"eval_method": "splitting", "eval_budget": 10}, "eval_method 'splitting' needs at least"),
+        ({"eval_method": "qld"}, "eval_method 'qld' cannot be used here"),
+        ({"lam": -1.0}, "lam must be a finite number > 0"),
+        ({"deploy_weight": -1.0}, "deploy_weight must be >= 0"),
+        ({"adversary_floor": float("-inf")}, "adversary_floor must be a finite number"),
+        ({"seed": 1.5}, "seed must be an int"),
+        ({"resume": "yes", "checkpoint_dir": "x"}, "resume must be True or False"),
+        ({"test": (torch.zeros(3, 5, 5), torch.zeros(3))}, "test X has inputs of shape"),
+        ({"test": (torch.zeros(3, 4, 4), torch.zeros(2))}, "test X has 3 rows but y has 2"),
+        ({"deployment": torch.zeros(4, 4)}, "deployment must be a tailguard distribution"),
+    ],
+)
+def test_harden_refuses_bad_arguments_before_any_training(kwargs, named):
+    train, family = _game()
+    model = CountingModel()
+    with pytest.raises(tg.TailguardError, match=named):
+        tg.harden(model, train=train, spec=tg.ClassIs(1), family=family, **{"steps": 2, **kwargs})
+    assert model.calls == 0
+
+
+def test_harden_resume_checks_its_checkpoint_before_any_training(tmp_path):
+    train, family = _game()
+    model = CountingModel()
+    with pytest.raises(tg.InvalidArgumentError, match="no checkpoint at"):
+        tg.harden(model, train=train, spec=tg.ClassIs(1), family=family, checkpoint_dir=tmp_path, resume=True)
+    assert model.calls == 0

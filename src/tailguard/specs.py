@@ -81,11 +81,15 @@ class ClassIs(Spec):
 
 
 class OutputAbove(Spec):
-    """``y[..., index] > threshold``: score = y[:, index] - threshold."""
+    """``y[..., index] > threshold``: score = y[:, index] - threshold.
+
+    ``index`` counts from 0; negative indices are refused (as ``ClassIs`` refuses
+    them) rather than wrapping silently to the last outputs.
+    """
 
     def __init__(self, index: int, threshold: float):
-        if not isinstance(index, int) or isinstance(index, bool):
-            raise InvalidArgumentError(f"index must be an int, got {index!r}")
+        if not isinstance(index, int) or isinstance(index, bool) or index < 0:
+            raise InvalidArgumentError(f"index must be a non-negative int, got {index!r}")
         try:
             self.threshold = float(threshold)
         except (TypeError, ValueError) as exc:
@@ -100,7 +104,7 @@ class OutputAbove(Spec):
                 f"OutputAbove needs outputs (n,) or (n, m), got {tuple(y.shape)}"
             )
         width = 1 if y.dim() == 1 else y.shape[1]
-        if not -width <= self.index < width:
+        if self.index >= width:
             raise ShapeMismatchError(
                 f"OutputAbove index {self.index} is out of range for outputs of width {width}"
             )
@@ -111,7 +115,7 @@ class OutputAbove(Spec):
         return col - self.threshold
 
     def linear_region(self, out_dim: int) -> tuple[Tensor, Tensor]:
-        if not -out_dim <= self.index < out_dim:
+        if self.index >= out_dim:
             raise ShapeMismatchError(
                 f"OutputAbove index {self.index} out of range for {out_dim} outputs"
             )
