@@ -20,8 +20,9 @@ from torch import Tensor, nn
 
 from ._logspace import logmeanexp
 from .dists.base import Distribution
-from .errors import BudgetError, InvalidArgumentError
+from .errors import BudgetError, InvalidArgumentError, UnsupportedError
 from .estimate import estimate, make_generator
+from .estimators.base import build
 from .families.base import Family, Params, detach_params
 from .oracle import ScoreOracle, eval_mode
 from .result import Estimate
@@ -43,16 +44,88 @@ class AttackSettings:
 
     def __post_init__(self) -> None:
         for name in ("candidates", "restarts", "steps", "samples"):
-            if getattr(self, name) < 1:
-                raise InvalidArgumentError(f"{name} must be >= 1, got {getattr(self, name)}")
+            check_positive_int(getattr(self, name), name)
         if self.restarts > self.candidates:
             raise InvalidArgumentError("restarts must not exceed candidates")
         if not 0 < self.final_fraction < 1:
             raise InvalidArgumentError(
                 f"final_fraction must be in (0, 1), got {self.final_fraction}"
             )
-        if self.lr <= 0 or self.temperature <= 0:
-            raise InvalidArgumentError("lr and temperature must be > 0")
+        for name in ("lr", "temperature"):
+            check_positive_float(getattr(self, name), name)
+        check_method(self.method, "method")
+
+
+def check_positive_int(value: Any, name: str) -> int:
+    """``value`` if it is an int >= 1 (bools refused), else InvalidArgumentError naming ``name``."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise InvalidArgumentError(f"{name} must be a positive int, got {value!r}")
+    return value
+
+
+def check_positive_float(value: Any, name: str) -> float:
+    """``value`` as a float if it is a finite number > 0, else InvalidArgumentError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf:
+        raise InvalidArgumentError(f"{name} must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
+def check_method(method: Any, name: str, budget: int | None = None) -> None:
+    """A known estimator (or "auto") that can run on ``budget`` calls; checked before any training."""
+    if method == "auto":
+        return
+    if not isinstance(method, str):
+        raise InvalidArgumentError(f"{name} must be an estimator name, got {method!r}")
+    try:
+        estimator = build(method, {})
+    except InvalidArgumentError as exc:
+        raise InvalidArgumentError(f"{name}: {exc}") from exc
+    if budget is not None and budget < estimator.min_budget():
+        raise BudgetError(
+            f"{name} {method!r} needs at least {estimator.min_budget():,} model calls, "
+            f"but its budget is {budget:,}"
+        )
+
+
+def check_supported(method: str, model: nn.Module, dist: Distribution, spec: Spec, name: str) -> None:
+    """UnsupportedError now, not after a search or training, if ``method`` cannot estimate here."""
+    if method == "auto":
+        return
+    reason = build(method, {}).unsupported_reason(model, dist, spec)
+    if reason is not None:
+        raise UnsupportedError(f"{name} {method!r} cannot be used here: {reason}")
+
+
+def check_attack_arguments(budget: Any, seed: Any, settings: dict[str, Any]) -> AttackSettings:
+    """Every argument of ``attack`` but the model, spec and family, checked before any model call.
+
+    The CLI calls it before it builds (and trains) a task's model, so a bad option
+    fails in a second rather than after the training.
+    """
+    if not isinstance(budget, int) or isinstance(budget, bool) or budget < 1:
+        raise BudgetError(f"budget must be a positive int, got {budget!r}")
+    make_generator(seed)
+    try:
+        cfg = AttackSettings(**settings)
+    except TypeError as exc:
+        raise InvalidArgumentError(f"unknown attack setting: {exc}") from exc
+    _split_budget(budget, cfg)
+    return cfg
+
+
+def _split_budget(budget: int, cfg: AttackSettings) -> tuple[int, int, int]:
+    """(final estimate's budget, draws per screened candidate, refinement steps) for ``budget``."""
+    final_budget = int(budget * cfg.final_fraction)
+    search_budget = budget - final_budget
+    screen_n = max(16, int(0.3 * search_budget / cfg.candidates))
+    steps = min(cfg.steps, int(0.7 * search_budget / (cfg.restarts * cfg.samples)))
+    if steps < 1 or screen_n * cfg.candidates > 0.3 * search_budget + cfg.candidates:
+        raise BudgetError(
+            f"budget {budget:,} is too small to screen {cfg.candidates} candidates and refine "
+            f"{cfg.restarts} of them with {cfg.samples} samples a step; raise budget or lower these"
+        )
+    check_method(cfg.method, "method", final_budget)
+    return final_budget, screen_n, steps
 
 
 @dataclass
@@ -141,27 +214,21 @@ def attack(
     see AttackSettings (candidates, restarts, steps, samples, lr, temperature,
     final_fraction, method).
     """
+    if not isinstance(model, nn.Module):
+        raise InvalidArgumentError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(family, Family):
         raise InvalidArgumentError(
             f"family must be a tailguard Family, got {type(family).__name__}"
         )
     if not isinstance(spec, Spec):
         raise InvalidArgumentError(f"spec must be a tailguard spec, got {type(spec).__name__}")
-    try:
-        cfg = AttackSettings(**settings)
-    except TypeError as exc:
-        raise InvalidArgumentError(f"unknown attack setting: {exc}") from exc
+    if on_step is not None and not callable(on_step):
+        raise InvalidArgumentError(f"on_step must be callable, got {type(on_step).__name__}")
+    cfg = check_attack_arguments(budget, seed, settings)
+    final_budget, screen_n, steps = _split_budget(budget, cfg)
     generator, _ = make_generator(seed)
-    final_budget = int(budget * cfg.final_fraction)
-    search_budget = budget - final_budget
-    screen_n = max(16, int(0.3 * search_budget / cfg.candidates))
-    steps = min(cfg.steps, int(0.7 * search_budget / (cfg.restarts * cfg.samples)))
-    if steps < 1 or screen_n * cfg.candidates > 0.3 * search_budget + cfg.candidates:
-        raise BudgetError(
-            f"budget {budget:,} is too small to screen {cfg.candidates} candidates and refine "
-            f"{cfg.restarts} of them with {cfg.samples} samples a step; raise budget or lower these"
-        )
     starts = family.candidates(cfg.candidates, generator)
+    check_supported(cfg.method, model, family.member(starts[0]), spec, "method")
     oracle = ScoreOracle(model, family.member(starts[0]), spec)
     history: list[list[float]] = []
     with eval_mode(model):

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -32,7 +33,13 @@ import torch
 from torch import Tensor, nn
 
 from .._logspace import LN10
-from ..attack import surrogate_log_prob
+from ..attack import (
+    check_method,
+    check_positive_float,
+    check_positive_int,
+    check_supported,
+    surrogate_log_prob,
+)
 from ..dists.base import Distribution
 from ..errors import InvalidArgumentError, ShapeMismatchError, TrainingDivergedError
 from ..estimate import estimate
@@ -78,16 +85,25 @@ class HardenSettings:
             "eval_every",
             "eval_budget",
             "checkpoint_every",
+            "held_out",
         )
         for name in positive_ints:
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise InvalidArgumentError(f"{name} must be a positive int, got {value!r}")
+            check_positive_int(getattr(self, name), name)
         for name in ("lam", "lr", "adversary_lr", "temperature"):
-            if not getattr(self, name) > 0:
-                raise InvalidArgumentError(f"{name} must be > 0, got {getattr(self, name)!r}")
+            check_positive_float(getattr(self, name), name)
+        _check_finite(self.deploy_weight, "deploy_weight", at_least=0.0)
+        for name in ("adversary_floor", "deployment_floor"):
+            _check_finite(getattr(self, name), name)
         if self.pool_size > self.candidates:
             raise InvalidArgumentError("pool_size must not exceed candidates")
+        check_method(self.eval_method, "eval_method", self.eval_budget)
+
+
+def _check_finite(value: Any, name: str, at_least: float = -math.inf) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise InvalidArgumentError(f"{name} must be a finite number, got {value!r}")
+    if value < at_least:
+        raise InvalidArgumentError(f"{name} must be >= {at_least:g}, got {value!r}")
 
 
 @dataclass
@@ -116,15 +132,51 @@ def reject_unknown_settings(kind: type, settings: dict[str, Any], label: str) ->
         )
 
 
-def _check_train(train: tuple[Tensor, Tensor], family: Family) -> tuple[Tensor, Tensor]:
-    if not (isinstance(train, tuple | list) and len(train) == 2):
-        raise InvalidArgumentError("train must be a pair (X, y)")
-    x, y = (torch.as_tensor(t) for t in train)
+def check_harden_arguments(
+    seed: Any, settings: dict[str, Any], checkpoint_dir: Any, resume: Any
+) -> HardenSettings:
+    """Every argument of ``harden`` that needs no model or data, checked before any training.
+
+    The CLI calls it before it builds (and trains) a task's model, so a bad option
+    fails in a second. A resume whose checkpoint is missing, or was written with
+    other settings or another seed, is refused here too.
+    """
+    reject_unknown_settings(HardenSettings, settings, "harden")
+    cfg = HardenSettings(**settings)
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise InvalidArgumentError(f"seed must be an int, got {seed!r}")
+    if checkpoint_dir is not None and not isinstance(checkpoint_dir, str | Path):
+        raise InvalidArgumentError(f"checkpoint_dir must be a str or Path, got {checkpoint_dir!r}")
+    if not isinstance(resume, bool):
+        raise InvalidArgumentError(f"resume must be True or False, got {resume!r}")
+    if resume:
+        if checkpoint_dir is None:
+            raise InvalidArgumentError("resume=True needs checkpoint_dir")
+        recorded = load_checkpoint(Path(checkpoint_dir))[1].get("config", {})
+        if recorded.get("settings") != dataclasses.asdict(cfg) or recorded.get("seed") != seed:
+            raise _other_configuration(Path(checkpoint_dir))
+    return cfg
+
+
+def _other_configuration(directory: Path) -> InvalidArgumentError:
+    return InvalidArgumentError(
+        f"the checkpoint in {directory} was written by a run with a different configuration; "
+        "resume with the same settings, seed, spec, family and data, or use a new directory"
+    )
+
+
+def _check_train(data: Any, family: Family, name: str = "train") -> tuple[Tensor, Tensor]:
+    """(X, y) with one row of y per input of the family's shape, as (float, long) tensors."""
+    if not (isinstance(data, tuple | list) and len(data) == 2):
+        raise InvalidArgumentError(f"{name} must be a pair (X, y)")
+    x, y = (torch.as_tensor(t) for t in data)
+    if x.dim() == 0 or y.dim() == 0:
+        raise ShapeMismatchError(f"{name} X and y need a row per example; got scalars")
     if x.shape[0] != y.shape[0]:
-        raise ShapeMismatchError(f"train X has {x.shape[0]} rows but y has {y.shape[0]}")
+        raise ShapeMismatchError(f"{name} X has {x.shape[0]} rows but y has {y.shape[0]}")
     if tuple(x.shape[1:]) != family.event_shape:
         raise ShapeMismatchError(
-            f"train X has inputs of shape {tuple(x.shape[1:])}; the family's are {family.event_shape}"
+            f"{name} X has inputs of shape {tuple(x.shape[1:])}; the family's are {family.event_shape}"
         )
     return x.float(), y.long()
 
@@ -313,10 +365,7 @@ class _Run:
     def restore(self, directory: Path) -> None:
         groups, meta = load_checkpoint(directory)
         if meta.get("config") != self.config_fingerprint():
-            raise InvalidArgumentError(
-                f"the checkpoint in {directory} was written by a run with a different configuration; "
-                "resume with the same settings, seed, spec, family and data, or use a new directory"
-            )
+            raise _other_configuration(directory)
         self.model.load_state_dict(groups["model"])
         self.optimizer.load_state_dict(
             unflatten_optimizer(groups.get("optimizer", {}), meta["optimizer"])
@@ -350,6 +399,17 @@ class _AsFamily(Family):
         return repr(self.dist)
 
 
+def _check_deployment(deployment: Any, family: Family) -> None:
+    if not isinstance(deployment, Distribution):
+        raise InvalidArgumentError(
+            f"deployment must be a tailguard distribution, got {type(deployment).__name__}"
+        )
+    if deployment.event_shape != family.event_shape:
+        raise ShapeMismatchError(
+            f"deployment inputs have shape {deployment.event_shape}; the family's are {family.event_shape}"
+        )
+
+
 def harden(
     model: nn.Module,
     train: tuple[Tensor, Tensor],
@@ -372,18 +432,18 @@ def harden(
     continues from the last checkpoint. Settings: see HardenSettings.
     """
     check_game(model, spec, family)
-    reject_unknown_settings(HardenSettings, settings, "harden")
-    cfg = HardenSettings(**settings)
+    cfg = check_harden_arguments(seed, settings, checkpoint_dir, resume)
     train = _check_train(train, family)
-    if deployment is not None and deployment.event_shape != family.event_shape:
-        raise ShapeMismatchError(
-            f"deployment inputs have shape {deployment.event_shape}; the family's are {family.event_shape}"
-        )
+    test = None if test is None else _check_train(test, family, "test")
+    judged = [family.member(family.candidates(1, torch.Generator())[0])]
+    if deployment is not None:
+        _check_deployment(deployment, family)
+        judged.append(deployment)
+    for dist in judged:
+        check_supported(cfg.eval_method, model, dist, spec, "eval_method")
     run = _Run(copy.deepcopy(model), spec, family, train, cfg, seed, deployment, test)
     ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
-    if resume:
-        if ckpt is None:
-            raise InvalidArgumentError("resume=True needs checkpoint_dir")
+    if ckpt is not None and resume:
         run.restore(ckpt)
     else:
         with torch.no_grad():
