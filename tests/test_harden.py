@@ -1,5 +1,9 @@
 """harden: lowers the catastrophe rate on the planted trigger, resumes exactly, fails clearly."""
 
+import json
+import math
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -155,3 +159,17 @@ def test_bad_input_is_named():
         harden_toy(stepz=3)
     with pytest.raises(tg.InvalidArgumentError, match="needs checkpoint_dir"):
         harden_toy(resume=True, **FAST)
+
+
+
+def test_report_saves_to_a_str_or_path_folder(tmp_path):
+    report = tg.HardenReport(settings={}, constraint="any 2x2 patch", seed=0)
+    report.steps.append({"step": 0, "task_loss": 0.5, "batch_accuracy": 1.0, "adversary_log10_p": -1.0})
+    zero_hits = {"log10_p": -math.inf, "ci_log10": [-math.inf, -3.0], "method": "mc", "n_model_calls": 10}
+    report.evals.append({"step": 1, "test_accuracy": 0.9, "held_out": [zero_hits], "deployment": zero_hits})
+    for folder in (str(tmp_path / "as_str" / "nested"), tmp_path / "as_path"):
+        paths = report.save(folder)
+        assert {p.name for p in paths.values()} == {"report.json", "report.md", "report.png"}
+        assert all(p.is_file() and p.parent == Path(folder) for p in paths.values())
+        assert tg.HardenReport.from_dict(json.loads(paths["json"].read_text())).evals == report.evals
+    assert report.plot(str(tmp_path / "alone.png")).is_file()

@@ -58,8 +58,9 @@ class HardenReport:
             )
         return "\n".join(lines) + "\n"
 
-    def plot(self, path: Path) -> Path:
+    def plot(self, path: str | Path) -> Path:
         """log10 P(catastrophe) against step: surrogate on the adversary, estimates with CIs."""
+        path = Path(path)
         from ..errors import require_extra
 
         require_extra("matplotlib", "bench")
@@ -107,8 +108,9 @@ class HardenReport:
         plt.close(fig)
         return path
 
-    def save(self, directory: Path) -> dict[str, Path]:
-        """Write report.json, report.md and report.png into ``directory``."""
+    def save(self, directory: str | Path) -> dict[str, Path]:
+        """Write report.json, report.md and report.png into ``directory`` (created if missing)."""
+        directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         paths = {"json": directory / "report.json", "markdown": directory / "report.md"}
         paths["json"].write_text(self.to_json())
