@@ -1,13 +1,16 @@
 """The command line: JSON output that round-trips, readable summaries, clean failures."""
 
+import io
 import json
+import math
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 from typer.testing import CliRunner
 
 import tailguard as tg
-from tailguard.cli import app
+from tailguard.cli import app, summary
 
 CASE = """
 [model]
@@ -102,14 +105,18 @@ def test_methods_lists_registered_estimators():
     assert "mc" in tg.available_methods()
 
 
-def test_bench_writes_a_report(tmp_path):
+def test_bench_quick_writes_a_report_in_a_scratch_folder(tmp_path):
+    committed = tmp_path / "estimation.json"
+    committed.write_text("the full results")
     args = ["bench", "--quick", "--methods", "mc", "--budgets", "1000", "--seeds", "0"]
     result = runner.invoke(app, [*args, "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
-    log = json.loads((tmp_path / "estimation.json").read_text())
+    log = json.loads((tmp_path / "quick" / "estimation.json").read_text())
     assert {r["method"] for r in log["records"]} == {"mc"}
     assert all(r["model_calls"] == 1000 for r in log["records"])
-    assert (tmp_path / "estimation.md").is_file() and "mc" in result.stdout
+    assert (tmp_path / "quick" / "estimation.md").is_file() and "mc" in result.stdout
+    assert committed.read_text() == "the full results" and not (tmp_path / "estimation.md").exists()
+    assert f"writing under {tmp_path / 'quick'}" in result.stdout.replace("\n", "")
 
 
 @pytest.mark.parametrize("bad", [["--methods", "nope"], ["--seeds", "0,x"], ["--backend", "mars"]])
@@ -156,3 +163,174 @@ def test_harden_writes_report_weights_and_resumes(tmp_path):
 def test_unknown_task_exits_2():
     result = runner.invoke(app, ["harden", "--task", "nope"])
     assert result.exit_code == 2 and "--task must be one of" in result.output
+
+
+def test_version_prints_the_package_version():
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.stdout.strip() == f"tailguard {tg.__version__}"
+
+
+@pytest.mark.parametrize("command", [[], ["estimate"], ["attack"], ["harden"], ["bench"], ["demo"]])
+def test_help_shows_flags_without_type_markers(command):
+    result = runner.invoke(app, [*command, "--help"])
+    assert result.exit_code == 0
+    assert "--help" in result.stdout and "<bool>" not in result.stdout
+
+
+def test_estimate_help_documents_strict_and_trust():
+    text = runner.invoke(app, ["estimate", "--help"]).stdout
+    assert "--strict" in text and "status 3" in text and "--trust-module" in text
+
+
+def render(est: tg.Estimate, seed: int | None = None) -> str:
+    out = io.StringIO()
+    Console(file=out, width=100).print(summary(est, "t", seed=seed))
+    return out.getvalue()
+
+
+def row(text: str, label: str) -> str:
+    """The value beside ``label`` in a rendered summary panel."""
+    for line in text.splitlines():
+        cells = line.strip("│ ").split("  ", 1)
+        if cells[0] == label:
+            return cells[1].strip()
+    raise AssertionError(f"no row {label!r} in\n{text}")
+
+
+def test_a_zero_hit_estimate_shows_its_bound_not_1e_inf(case_file):
+    path = case_file.parent / "rare.toml"
+    path.write_text(CASE.replace("threshold = 1.0", "threshold = 10.0"))
+    result = runner.invoke(app, ["estimate", "--config", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "1e-inf" not in result.stdout and "0 seen; p <=" in result.stdout
+    assert "upper bound" in result.stdout and "[-inf, -3." in result.stdout
+
+
+def test_nested_diagnostics_are_formatted_not_dumped():
+    est = tg.Estimate(
+        log10_p=-3.0,
+        ci_log10=(-3.5, -2.5),
+        n_model_calls=100,
+        method="is",
+        seed=0,
+        diagnostics={
+            "levels": [-3.1 + 0.25 * i for i in range(12)] + [0.0],
+            "replicates": [{"ess": 1.23456, "levels": [-2.0, -1.0, 0.0]}, {"ess": 40.0, "ok": True}],
+            "mode_search": {"calls": 1700, "gradient_free": False},
+            "few": [1, 2],
+        },
+    )
+    text = render(est)
+    for raw in ("{", "}", "'", "1.23456", "True", "False"):
+        assert raw not in text
+    assert "13 values from -3.1 to 0" in text
+    assert "replicates 1" in text and "ess 1.235" in text and "replicates 2" in text
+    assert "calls" in text and "1,700" in text and "gradient_free" in text and "1, 2" in text
+
+
+def test_the_seed_shown_is_the_seed_used():
+    est = tg.Estimate(log10_p=-1.0, ci_log10=(-1.1, -0.9), n_model_calls=10, method="mc", seed=None)
+    assert row(render(est, seed=0), "seed") == "0"
+    assert row(render(est), "seed") == "a caller's generator"
+    assert row(render(tg.Estimate(-1.0, (-1.1, -0.9), 10, "mc", seed=7), seed=0), "seed") == "7"
+
+
+UNTRUSTED = tg.Estimate(
+    log10_p=-4.0,
+    ci_log10=(-4.1, -3.9),
+    n_model_calls=5000,
+    method="is",
+    seed=0,
+    warnings=("importance weights are heavy-tailed (ESS = 1): the CI cannot be trusted",),
+    trusted=False,
+)
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_strict_exits_3_on_an_untrusted_interval_and_shows_why(case_file, monkeypatch, as_json):
+    from tailguard.io import Case
+
+    monkeypatch.setattr(Case, "estimate", lambda self, **kwargs: UNTRUSTED)
+    args = ["estimate", "-c", str(case_file), *(["--json"] if as_json else [])]
+    relaxed = runner.invoke(app, args)
+    assert relaxed.exit_code == 0
+    strict = runner.invoke(app, [*args, "--strict"])
+    assert strict.exit_code == 3 and "not trusted" in strict.stderr
+    if as_json:
+        assert tg.Estimate.from_json(strict.stdout) == UNTRUSTED
+    else:
+        assert "interval NOT trusted" in relaxed.stdout and "heavy-tailed" in relaxed.stdout
+
+
+def test_strict_exits_3_on_a_heuristic_and_0_on_a_trusted_interval(case_file):
+    mlp_case = case_file.parent / "mlp.toml"
+    mlp_case.write_text(
+        CASE.replace('"tailguard.models:linear"', '"tailguard.models:mlp"').replace(
+            "weight = [[0.6, 0.8]], bias = [0.0]", "in_dim = 2, hidden = 8, out_dim = 1, depth = 1"
+        )
+    )
+    heuristic = runner.invoke(app, ["estimate", "-c", str(mlp_case), "--method", "moments", "--strict"])
+    assert heuristic.exit_code == 3, heuristic.output
+    assert "heuristic" in heuristic.stdout and "heuristic" in heuristic.stderr
+    trusted = runner.invoke(app, ["estimate", "-c", str(case_file), "--strict"])
+    assert trusted.exit_code == 0 and "trusted" in trusted.stdout
+
+
+def test_json_encodes_minus_inf_as_a_string_and_round_trips(case_file):
+    path = case_file.parent / "rare.toml"
+    path.write_text(CASE.replace("threshold = 1.0", "threshold = 10.0"))
+    result = runner.invoke(app, ["estimate", "--config", str(path), "--json"])
+    assert result.exit_code == 0, result.output
+
+    def refuse(constant):
+        raise AssertionError(f"non-standard JSON constant {constant}")
+
+    raw = json.loads(result.stdout, parse_constant=refuse)
+    assert raw["log10_p"] == "-inf" and raw["ci_log10"][0] == "-inf"
+    est = tg.Estimate.from_json(result.stdout)
+    assert est.log10_p == -math.inf and math.isfinite(est.ci_log10[1])
+    assert tg.Estimate.from_json(est.to_json()) == est and est.to_json() == result.stdout.strip()
+
+
+@pytest.fixture()
+def untrained_tasks(monkeypatch):
+    """Built-in tasks that record being built: building one trains its model."""
+    from tailguard.bench import hardening
+
+    built = []
+    for name in list(hardening.TASKS):
+        monkeypatch.setitem(hardening.TASKS, name, lambda name=name: built.append(name))
+    return built
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["harden", "--task", "policy", "--steps", "0"], "steps must be a positive int"),
+        (["harden", "--task", "policy", "--checkpoint-every", "0"], "checkpoint_every must be"),
+        (["harden", "--task", "policy", "--resume"], "no checkpoint at"),
+        (["attack", "--task", "policy", "--budget", "0"], "budget must be a positive int"),
+        (["attack", "--task", "policy", "--budget", "900"], "budget 900 is too small"),
+        (["attack", "--task", "nope"], "--task must be one of"),
+    ],
+)
+def test_attack_and_harden_refuse_bad_options_before_training(tmp_path, untrained_tasks, args, named):
+    result = runner.invoke(app, [*args, "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2 and named in result.stderr, result.output
+    assert untrained_tasks == []
+
+
+def test_out_that_is_a_file_is_refused_before_training(tmp_path, untrained_tasks):
+    (tmp_path / "file").write_text("")
+    result = runner.invoke(app, ["harden", "--task", "policy", "--out", str(tmp_path / "file")])
+    assert result.exit_code == 2 and "is not a folder" in result.stderr
+    assert untrained_tasks == []
+
+
+def test_estimate_overrides_are_checked_before_the_model_is_built(case_file, monkeypatch):
+    from tailguard import io as tg_io
+
+    monkeypatch.setattr(tg_io, "build_model", lambda *a: pytest.fail("the model was built"))
+    for args, named in [(["--budget", "0"], "--budget must be"), (["--method", "nope"], "unknown method")]:
+        result = runner.invoke(app, ["estimate", "-c", str(case_file), *args])
+        assert result.exit_code == 2 and named in result.stderr

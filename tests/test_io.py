@@ -241,7 +241,7 @@ def test_a_pickle_or_zip_given_as_weights_is_named_and_never_unpickled(tmp_path,
 
 
 def test_a_safetensors_file_whose_header_begins_like_a_pickle_still_loads(tmp_path):
-    """The format is sniffed only after safetensors refused a file: a header length of 640 is b"\\x80\\x02"."""
+    """Formats are sniffed only after safetensors refused a file: header length 640 is b"\\x80\\x02"."""
     source = mlp(4, 3, 2, seed=3)
     for pad in range(400):
         path = save_weights(source, tmp_path / "m.safetensors", metadata={"pad": "x" * pad})

@@ -2,12 +2,15 @@
 
 A case file (see tailguard.io) plus a few overrides, never a wall of options.
 Mistakes in the input (any TailguardError) print one red line and exit with
-status 2, without a traceback; bugs still show theirs.
+status 2, without a traceback; bugs still show theirs. Arguments are checked
+before anything is trained or estimated. ``estimate --strict`` exits with
+status 3 when the interval may not be read at its nominal confidence.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from enum import StrEnum
@@ -20,18 +23,23 @@ from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 
-from .errors import InvalidArgumentError, TailguardError
+from . import __version__
+from .errors import BudgetError, InvalidArgumentError, TailguardError
 from .estimators.base import DifferentiableEstimator, available, build
 from .result import Estimate
 
+# plain (not rich) help: typer's rich help prints a stray "<bool>" beside every flag
 app = typer.Typer(
     help="Estimate, attack and harden the rarest catastrophic failures of neural networks.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
 )
 
 EXIT_BAD_INPUT = 2
+EXIT_UNRELIABLE = 3
+LONG_LIST = 4  # lists longer than this are summarised (count, range), not printed
 
 
 def _fail(exc: Exception) -> NoReturn:
@@ -48,32 +56,119 @@ def _bad_input_exits() -> Iterator[None]:
         _fail(exc)
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"tailguard {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version.")
+    ] = False,
+) -> None:
+    """Estimate, attack and harden the rarest catastrophic failures of neural networks."""
+
+
+def _number(value: float | int) -> str:
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value) if not math.isfinite(value) else f"{value:.4g}"
+
+
 def _format_value(value: Any) -> str:
+    """One readable line for a diagnostic: numbers rounded, long lists summarised, dicts as pairs."""
     if value is None:
         return "-"
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int | float):
+        return _number(value)
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {_format_value(v)}" for k, v in value.items()) or "-"
+    if isinstance(value, list | tuple):
+        return _format_list(list(value))
+    return str(value)
 
 
-def summary(est: Estimate, title: str) -> Panel:
-    """A readable panel: estimate, CI, cost, diagnostics and warnings."""
+def _format_list(items: list[Any]) -> str:
+    if not items:
+        return "none"
+    numeric = all(isinstance(v, int | float) and not isinstance(v, bool) for v in items)
+    if len(items) <= LONG_LIST:
+        return "; ".join(_format_value(v) for v in items) if not numeric else ", ".join(map(_number, items))
+    if numeric:
+        return f"{len(items)} values from {_number(min(items))} to {_number(max(items))}"
+    return f"{len(items)} entries, first: {_format_value(items[0])}"
+
+
+def _diagnostic_rows(key: str, value: Any) -> list[tuple[str, str]]:
+    """A dict, or a short list of dicts (per-replicate details), gets a row per entry."""
+    if isinstance(value, dict) and value:
+        return [(key, "")] + [(f"  {k}", _format_value(v)) for k, v in value.items()]
+    if isinstance(value, list) and 0 < len(value) <= LONG_LIST and all(isinstance(v, dict) for v in value):
+        return [(f"{key} {i + 1}", _format_value(v)) for i, v in enumerate(value)]
+    return [(key, _format_value(value))]
+
+
+def _log10(value: float) -> str:
+    return "-inf" if value == -math.inf else f"{value:.3f}"
+
+
+def _probability(log10_p: float) -> str:
+    """10**log10_p in e-notation, or as a power of ten where a float would underflow."""
+    return f"{10.0**log10_p:.3e}" if log10_p > -300 else f"10^{log10_p:.2f}"
+
+
+def _interval_state(est: Estimate) -> str:
+    if est.heuristic:
+        return "[yellow]heuristic[/yellow]: the interval reflects no sampling error; no guarantee"
+    if not est.trusted:
+        return "[bold red]interval NOT trusted[/bold red]: a check of its assumptions failed (warnings)"
+    return "[green]trusted[/green]"
+
+
+def summary(est: Estimate, title: str, seed: int | None = None) -> Panel:
+    """A readable panel: estimate (or bound), CI, whether to trust it, cost, diagnostics, warnings.
+
+    ``seed``: the run's seed, shown when the estimate itself drew from a generator it was handed.
+    """
     table = Table.grid(padding=(0, 2))
     table.add_column(style="bold")
     table.add_column()
     low, high = est.ci_log10
-    tag = " [yellow](heuristic: the CI reflects no sampling error)[/yellow]" if est.heuristic else ""
+    pct = f"{100 * est.confidence:g}%"
     chosen = est.settings.get("chosen_by")
-    table.add_row("log10 p", f"{est.log10_p:.3f}")
-    table.add_row(f"{100 * est.confidence:g}% CI (log10)", f"[{low:.3f}, {high:.3f}]")
-    table.add_row("p", f"{est.p:.3e}" if est.log10_p > -300 else f"1e{est.log10_p:.1f}")
-    table.add_row("method", f"{est.method}" + (f" (chosen by {chosen})" if chosen else "") + tag)
+    seen = math.isfinite(est.log10_p)
+    table.add_row("log10 p", _log10(est.log10_p) + ("" if seen else " (no catastrophe seen)"))
+    table.add_row(f"{pct} CI (log10)", f"[{_log10(low)}, {_log10(high)}]")
+    bound = f"0 seen; p <= {_probability(high)} ({pct} upper bound)"
+    table.add_row("p", _probability(est.log10_p) if seen else bound)
+    table.add_row("interval", _interval_state(est))
+    if est.assumes:
+        table.add_row("assumes", escape(est.assumes))
+    table.add_row("method", escape(est.method + (f" (chosen by {chosen})" if chosen else "")))
     table.add_row("model calls", f"{est.n_model_calls:,}")
     table.add_row("seconds", f"{est.seconds:.2f}")
-    table.add_row("seed", str(est.seed))
+    shown_seed = est.seed if est.seed is not None else seed
+    table.add_row("seed", "a caller's generator" if shown_seed is None else str(shown_seed))
     for key, value in est.diagnostics.items():
-        table.add_row(f"[dim]{escape(key)}[/dim]", escape(_format_value(value)))
+        for label, text in _diagnostic_rows(key, value):
+            table.add_row(f"[dim]{escape(label)}[/dim]", escape(text))
     for warning in est.warnings:
         table.add_row("[yellow]warning[/yellow]", f"[yellow]{escape(warning)}[/yellow]")
     return Panel(table, title=escape(title), expand=False)
+
+
+def _check_overrides(method: str | None, budget: int | None) -> None:
+    """The command line's overrides, checked before the case's model is built (possibly trained)."""
+    from .attack import check_method
+
+    if budget is not None and budget < 1:
+        raise BudgetError(f"--budget must be a positive int, got {budget}")
+    if method is not None:
+        check_method(method, "--method", budget)
 
 
 @app.command("estimate")
@@ -82,19 +177,46 @@ def estimate_command(
     method: Annotated[str | None, typer.Option(help="Override estimate.method of the case file.")] = None,
     budget: Annotated[int | None, typer.Option(help="Override estimate.budget (model calls).")] = None,
     seed: Annotated[int | None, typer.Option(help="Override estimate.seed.")] = None,
+    trust_module: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--trust-module",
+            metavar="MODULE",
+            help="Let the case file name any public function of MODULE as its model factory "
+            "(repeatable). Only for code you would run yourself; registered factories need no trust.",
+        ),
+    ] = None,
+    strict: Annotated[
+        bool,
+        typer.Option(
+            "--strict",
+            help="Exit with status 3 when the interval is not reliable: not trusted, or heuristic.",
+        ),
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print only the Estimate as JSON.")] = False,
 ) -> None:
-    """Estimate P(catastrophe) for the model, distribution and spec of a case file."""
+    """Estimate P(catastrophe) for the model, distribution and spec of a case file.
+
+    Exit status: 0 on success, 2 on bad input, 3 with --strict when the interval is
+    not reliable (its warnings say why).
+    """
     from .io import load_case
 
     overrides = {k: v for k, v in {"method": method, "budget": budget, "seed": seed}.items() if v is not None}
     with _bad_input_exits():
-        case = load_case(config)
+        _check_overrides(method, budget)
+        case = load_case(config, trust_modules=trust_module or ())
         est = case.estimate(progress=not as_json, **overrides)
     if as_json:
         typer.echo(est.to_json())
     else:
-        Console().print(summary(est, str(config)))
+        Console().print(summary(est, str(config), seed=case.options.seed if seed is None else seed))
+    if strict and not est.reliable:
+        state = "heuristic" if est.heuristic else "not trusted"
+        Console(stderr=True, soft_wrap=True).print(
+            f"[bold red]--strict:[/bold red] the interval is {state}; exit status {EXIT_UNRELIABLE}"
+        )
+        raise typer.Exit(EXIT_UNRELIABLE)
 
 
 @app.command("methods")
@@ -176,7 +298,13 @@ def bench_command(
         Suite, typer.Argument(help="'estimate' (estimators on exact cases), 'harden', or 'lm' "
                                    "(token estimators against enumeration; with --real, SmolLM2).")
     ] = Suite.estimate,
-    quick: Annotated[bool, typer.Option(help="The quick preset (about a minute) instead of full.")] = False,
+    quick: Annotated[
+        bool,
+        typer.Option(
+            help="The quick preset (about a minute) instead of full; writes under OUT/quick "
+            "(harden: OUT/harden/quick), never over the full results."
+        ),
+    ] = False,
     backend: Annotated[str, typer.Option(help="'local' or 'ray'.")] = "local",
     out: Annotated[Path, typer.Option(help="Folder for estimation.{json,md,png}.")] = Path("benchmarks"),
     methods: Annotated[str | None, typer.Option(help="Comma-separated methods (default all).")] = None,
@@ -214,9 +342,17 @@ def bench_command(
 
             records = run_estimation_benchmark(**options, backend=backend, progress=progress, preset=preset)
         config = {"preset": preset, "backend": backend, **options}
-        paths = write_report(records, out, config=config)
+        paths = write_report(records, _scratch(out, quick), config=config)
     Console().print(_bench_summary(summarise(records)))
     Console().print(f"report: {', '.join(str(p) for p in paths.values())}")
+
+
+def _scratch(folder: Path, quick: bool) -> Path:
+    """Where a benchmark writes: a quick (smoke) run goes to FOLDER/quick, leaving the full results."""
+    if not quick:
+        return folder
+    Console().print(f"quick run: writing under {escape(str(folder / 'quick'))}")
+    return folder / "quick"
 
 
 def _bench_harden(quick: bool, out: Path) -> None:
@@ -234,7 +370,8 @@ def _bench_harden(quick: bool, out: Path) -> None:
             eval_budget=budget,
             progress=lambda message: console.print(f"[dim]{escape(message)}[/dim]"),
         )
-        paths = write_harden_report(records, out / "harden", {"steps": steps, "eval_budget": budget})
+        folder = _scratch(out / "harden", quick)
+        paths = write_harden_report(records, folder, {"steps": steps, "eval_budget": budget})
     console.print(f"report: {', '.join(str(p) for p in paths.values())}")
 
 
@@ -261,12 +398,18 @@ def _bench_lm(quick: bool, out: Path, real: bool) -> None:
     console.print(f"report: {', '.join(str(p) for p in paths.values())}")
 
 
-def _task(name: str) -> Any:
+def _task_builder(name: str) -> Callable[[], Any]:
+    """The built-in task's constructor, not yet called: building one trains its model."""
     from .bench.hardening import TASKS
 
     if name not in TASKS:
         raise InvalidArgumentError(f"--task must be one of {', '.join(TASKS)}, got {name!r}")
-    return TASKS[name]()
+    return TASKS[name]
+
+
+def _check_folder(path: Path | None, option: str) -> None:
+    if path is not None and path.exists() and not path.is_dir():
+        raise InvalidArgumentError(f"{option} {path} exists and is not a folder")
 
 
 TaskOption = Annotated[str, typer.Option(help="Built-in task: digits-mlp, digits-cnn or policy.")]
@@ -280,16 +423,19 @@ def attack_command(
     out: Annotated[Path | None, typer.Option(help="Write attack.json here.")] = None,
 ) -> None:
     """Search the task's family for the input distribution on which its model is most often catastrophic."""
-    from .attack import attack
+    from .attack import attack, check_attack_arguments
 
     console = Console()
     with _bad_input_exits():
-        chosen = _task(task)
+        build_task = _task_builder(task)
+        check_attack_arguments(budget, seed, {})
+        _check_folder(out, "--out")
+        chosen = build_task()
         console.print(f"family: {escape(chosen.family.constraint())}")
         result = attack(
             chosen.start_model, chosen.spec, chosen.family, budget=budget, seed=seed, progress=True
         )
-    console.print(summary(result.estimate, f"worst member of the family ({task})"))
+    console.print(summary(result.estimate, f"worst member of the family ({task})", seed=seed))
     console.print(f"member: {escape(json.dumps(result.family.describe(result.params))[:400])}")
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
@@ -312,11 +458,16 @@ def harden_command(
 ) -> None:
     """Train the task's model against its adversary; checkpoints, resumes, writes a report and weights."""
     from .harden import harden
+    from .harden.trainer import check_harden_arguments
     from .io import save_weights
 
     console = Console()
+    settings = {"steps": steps, "checkpoint_every": checkpoint_every, "eval_every": max(steps // 4, 1)}
     with _bad_input_exits():
-        chosen = _task(task)
+        build_task = _task_builder(task)
+        check_harden_arguments(seed, settings, out / "checkpoint", resume)
+        _check_folder(out, "--out")
+        chosen = build_task()
         result = harden(
             chosen.start_model,
             train=chosen.train,
@@ -325,12 +476,10 @@ def harden_command(
             deployment=chosen.train_deployment,
             test=chosen.test,
             seed=seed,
-            steps=steps,
             checkpoint_dir=out / "checkpoint",
-            checkpoint_every=checkpoint_every,
             resume=resume,
             progress=True,
-            eval_every=max(steps // 4, 1),
+            **settings,
         )
         paths = result.report.save(out)
         save_weights(result.model, out / "model.safetensors", {"task": task, "steps": steps, "seed": seed})

@@ -63,6 +63,12 @@ class Estimate:
         return 10.0**self.log10_p
 
     def to_json(self) -> str:
+        """Standard JSON (no NaN or Infinity literals), read back exactly by ``from_json``.
+
+        JSON has no infinities, so non-finite floats anywhere in the result are
+        written as the strings ``"-inf"``, ``"inf"`` and ``"nan"``: a zero-hit
+        estimate has ``"log10_p": "-inf"`` and ``"ci_log10": ["-inf", <upper bound>]``.
+        """
         data = asdict(self)
         data["schema_version"] = SCHEMA_VERSION
         return json.dumps(_encode(data), allow_nan=False)
