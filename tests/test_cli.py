@@ -334,3 +334,16 @@ def test_estimate_overrides_are_checked_before_the_model_is_built(case_file, mon
     for args, named in [(["--budget", "0"], "--budget must be"), (["--method", "nope"], "unknown method")]:
         result = runner.invoke(app, ["estimate", "-c", str(case_file), *args])
         assert result.exit_code == 2 and named in result.stderr
+
+
+def test_bench_harden_quick_writes_under_harden_quick(tmp_path, monkeypatch):
+    from tailguard.bench import harden_report, hardening
+
+    written = []
+    monkeypatch.setattr(hardening, "run_harden_benchmark", lambda *args, **kwargs: [])
+    monkeypatch.setattr(
+        harden_report, "write_harden_report", lambda records, folder, config: written.append(folder) or {}
+    )
+    result = runner.invoke(app, ["bench", "harden", "--quick", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert written == [tmp_path / "harden" / "quick"]

@@ -126,7 +126,7 @@ def _interval_state(est: Estimate) -> str:
         return "[yellow]heuristic[/yellow]: the interval reflects no sampling error; no guarantee"
     if not est.trusted:
         return "[bold red]interval NOT trusted[/bold red]: a check of its assumptions failed (warnings)"
-    return "[green]trusted[/green]"
+    return "[green]interval trusted[/green]"
 
 
 def summary(est: Estimate, title: str, seed: int | None = None) -> Panel:
@@ -145,7 +145,7 @@ def summary(est: Estimate, title: str, seed: int | None = None) -> Panel:
     table.add_row(f"{pct} CI (log10)", f"[{_log10(low)}, {_log10(high)}]")
     bound = f"0 seen; p <= {_probability(high)} ({pct} upper bound)"
     table.add_row("p", _probability(est.log10_p) if seen else bound)
-    table.add_row("interval", _interval_state(est))
+    table.add_row("state", _interval_state(est))
     if est.assumes:
         table.add_row("assumes", escape(est.assumes))
     table.add_row("method", escape(est.method + (f" (chosen by {chosen})" if chosen else "")))

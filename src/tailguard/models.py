@@ -154,6 +154,7 @@ def _how_to_allow(name: str) -> str:
         f"package; {trust}. Registered: {', '.join(registered_models()) or 'none'}"
     )
 
+
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh}
 
 
