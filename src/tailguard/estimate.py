@@ -15,7 +15,7 @@ from ._logspace import to_log10
 from .dists.base import Distribution
 from .errors import BudgetError, InvalidArgumentError, UnsupportedError
 from .estimators.auto import run_auto
-from .estimators.base import DifferentiableEstimator, build, settings_of
+from .estimators.base import DifferentiableEstimator, available, build, settings_of
 from .oracle import ScoreOracle, eval_mode
 from .result import Estimate
 from .specs import Spec
@@ -100,9 +100,10 @@ def estimate(
         oracle = ScoreOracle(model, dist, spec, on_calls=on_calls)
         if method == "auto":
             chosen, outcome = run_auto(oracle, budget, generator, confidence)
-            estimator = build(chosen, {})
+            used = settings_of(build(chosen, {})) if chosen in available() else {}
         else:
             chosen, outcome = method, estimator.run(oracle, budget, generator, confidence)
+            used = settings_of(estimator)
     seconds = time.perf_counter() - start
     low, high = outcome.ci
     return Estimate(
@@ -113,7 +114,7 @@ def estimate(
         seconds=seconds,
         confidence=confidence,
         seed=seed_value,
-        settings={**settings_of(estimator), "chosen_by": "auto" if method == "auto" else "user"},
+        settings={**used, "chosen_by": "auto" if method == "auto" else "user"},
         diagnostics=outcome.diagnostics,
         warnings=outcome.warnings,
         heuristic=outcome.heuristic,

@@ -1,82 +1,152 @@
-"""``method="auto"``: pick the estimator that suits the model, D and spec.
+"""``method="auto"``: measure first, then let two methods that fail differently check each other.
 
-First a pilot of plain sampling spends a fifth of the budget: if it already sees
-PILOT_HITS catastrophes, p is large enough to sample and plain sampling (exact
-CI, no modelling assumption) finishes the job with the rest. Otherwise the order
-of preference (measured in benchmarks/estimation.md) is importance sampling when
-D has a density and the spec is graded (``is`` for Gaussian-like D, ``tsis`` for
-independent tokens), then splitting when D has a reversible move, then plain
-sampling. Black-box predicates get plain sampling, the only
-method that needs nothing but a yes/no answer.
+1. A pilot of plain sampling spends PILOT_FRACTION of the budget. Its Clopper-Pearson
+   interval is exact and is kept to the end (``_policy`` rule 4). If it already sees
+   PILOT_HITS catastrophes, p is large enough to sample and plain sampling finishes.
+2. For a Gaussian or noisy empirical D with a graded spec, the rest is shared between
+   importance sampling (which first searches for the failure modes, ``modes``) and
+   splitting, run independently; ``_policy.combine`` turns their results and the
+   pilot's into one interval: combined when they agree, a span marked not trusted when
+   they do not, the pilot's bound when neither finds anything. In high dimension
+   (HIGH_DIMENSION and up) splitting gets the larger share: there a Gaussian-mixture
+   proposal rarely fits a failure set spread over many directions (measured on the
+   stress suite, benchmarks/stress.md), while splitting's cost grows only with log p.
+3. Other inputs get the one method that supports them: ``tsis`` for independent
+   tokens, splitting for any other D with a reversible move, plain sampling for
+   black-box predicates (the only method that needs nothing but a yes/no answer).
 
-On a noisy empirical D with a budget too small for D itself to be drawn often per
-data point, importance sampling runs as two independent halves (see ``_replicates``):
-its proposal can then miss failures spread over many data points without its own CI
-showing it, and two runs that disagree are how that becomes visible
-(benchmarks/estimation.md, the digits case at 3e4 calls). Otherwise a single run's CI
-covers (94-98 % in the same benchmark) and halving the budget would cost accuracy, so
-it runs once.
+The policy is written down in docs/design/006-interval-policy.md.
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
 
 import torch
 from torch import nn
 
 from ..dists.base import Distribution
-from ..dists.empirical import NoisyEmpirical
 from ..oracle import ScoreOracle
 from ..specs import Spec
-from . import _replicates
-from .base import Outcome, available, build
+from . import _policy, _space
+from .base import Outcome, build
 from .importance import ImportanceSampling
 from .mc import MonteCarlo, counts_outcome
+from .modes import START_RADII
+from .splitting import Splitting
 
-PREFERENCE = ("is", "tsis", "itgis", "splitting", "mc")
-PILOT_FRACTION = 0.2
+PILOT_FRACTION = 0.1
 PILOT_HITS = 30
+#: input dimension from which splitting gets the larger share of the budget
+HIGH_DIMENSION = 100
+#: importance sampling's share of the budget after the pilot (low, high dimension)
+IS_SHARE = (0.55, 0.3)
+#: splitting budget below which it runs 5 repeats instead of 10 (its CI needs a spread)
+FEW_REPEATS_BELOW = 40_000
 
 
 def choose_method(model: nn.Module, dist: Distribution, spec: Spec, budget: int) -> str:
-    """Name of the first estimator in PREFERENCE that supports these inputs and budget."""
-    for name in PREFERENCE:
-        if name not in available():
-            continue
-        est = build(name, {})
-        if est.unsupported_reason(model, dist, spec) is None and budget >= est.min_budget():
-            return name
+    """The method ``auto`` reports for these inputs: "cross-check", a single method, or "mc"."""
+    if dist.is_discrete:
+        return token_method(model, dist, spec, budget)[0]
+    if _cross_checkable(model, dist, spec):
+        return "cross-check"
+    splitting = Splitting()
+    if splitting.unsupported_reason(model, dist, spec) is None and budget >= splitting.min_budget():
+        return "splitting"
     return "mc"
 
 
 def run_auto(
     oracle: ScoreOracle, budget: int, generator: torch.Generator, confidence: float
 ) -> tuple[str, Outcome]:
-    """Pilot plain sampling, then plain sampling or the preferred rare-event method."""
+    """Pilot plain sampling, then plain sampling, the cross-check or the one supported method."""
     model, dist, spec = oracle.model, oracle.dist, oracle.spec
-    rare = choose_method(model, dist, spec, budget - int(PILOT_FRACTION * budget))
+    pilot_draws = int(PILOT_FRACTION * budget)
+    rare = choose_method(model, dist, spec, budget - pilot_draws)
     if rare == "mc":
-        return "mc", MonteCarlo().run(oracle, budget, generator, confidence)
-    pilot = MonteCarlo().run(oracle, int(PILOT_FRACTION * budget), generator, confidence)
-    hits, draws = pilot.diagnostics["hits"], pilot.diagnostics["draws"]
+        outcome = MonteCarlo().run(oracle, budget, generator, confidence)
+        refusal = token_method(model, dist, spec, budget - pilot_draws)[1] if dist.is_discrete else None
+        return "mc", outcome if refusal is None else replace(outcome, warnings=(*outcome.warnings, refusal))
+    pilot = MonteCarlo().run(oracle, pilot_draws, generator, confidence)
+    hits = pilot.diagnostics["hits"]
     if hits >= PILOT_HITS:
-        rest = MonteCarlo().run(oracle, budget - draws, generator, confidence)
+        rest = MonteCarlo().run(oracle, budget - pilot_draws, generator, confidence)
         total = counts_outcome(hits + rest.diagnostics["hits"], budget, confidence)
-        return "mc", Outcome(total.log_p, total.ci, {**total.diagnostics, "pilot_hits": hits})
-    estimator = build(rare, {})
-    half = (budget - draws) // 2
-    if _needs_replicates(estimator, dist, budget - draws):
-        first = estimator.run(oracle, half, generator, confidence)
-        second = estimator.run(oracle, budget - draws - half, generator, confidence)
-        outcome = _replicates.combine(first, second, pilot.ci[1], confidence)
+        return "mc", replace(total, diagnostics={**total.diagnostics, "pilot_hits": hits})
+    left = budget - pilot_draws
+    if rare == "cross-check":
+        outcome = _cross_check(oracle, left, generator, confidence, pilot, pilot_draws)
+        return "auto(is+splitting)", outcome
+    single = build(rare, {}).run(oracle, left, generator, confidence)
+    outcome = _policy.combine([_policy.Candidate(rare, single)], pilot, pilot_draws, confidence)
+    return rare, outcome
+
+
+def _cross_checkable(model: nn.Module, dist: Distribution, spec: Spec) -> bool:
+    """Whether both importance sampling and splitting can run on these inputs."""
+    return (_space.supports(dist) and ImportanceSampling().unsupported_reason(model, dist, spec) is None
+            and Splitting().unsupported_reason(model, dist, spec) is None)
+
+
+def _cross_check(oracle: ScoreOracle, budget: int, generator: torch.Generator, confidence: float,
+                 pilot: Outcome, pilot_draws: int) -> Outcome:
+    """Importance sampling and splitting on shares of ``budget``, combined by the interval policy."""
+    high_dim = oracle.dist.dim >= HIGH_DIMENSION
+    is_budget = int((IS_SHARE[1] if high_dim else IS_SHARE[0]) * budget)
+    split_budget = budget - is_budget
+    splitting = Splitting(n_repeats=5 if split_budget < FEW_REPEATS_BELOW else 10)
+    importance = ImportanceSampling()
+    start = oracle.n_calls
+    found = importance.search_modes(oracle, is_budget, generator)
+    if pilot.diagnostics["hits"] == 0 and found is not None and found.catastrophic_chains == 0:
+        return _nothing_found(oracle, budget - (oracle.n_calls - start), generator, confidence,
+                              pilot, found)
+    is_left = is_budget - (oracle.n_calls - start)
+    is_outcome = importance.run_from(oracle, is_left, generator, confidence, found)
+    candidates = [_policy.Candidate("is", is_outcome)]
+    if split_budget >= splitting.min_budget():
+        start = oracle.n_calls
+        result = splitting.run(oracle, split_budget, generator, confidence)
+        candidates.append(_policy.Candidate("splitting", result))
+        leftover = split_budget - (oracle.n_calls - start)
     else:
-        outcome = estimator.run(oracle, budget - draws, generator, confidence)
-    return rare, Outcome(
-        outcome.log_p, outcome.ci, {**outcome.diagnostics, "pilot_hits": hits, "pilot_draws": draws},
-        outcome.warnings, outcome.heuristic,
-    )
+        leftover = split_budget
+    outcome = _policy.combine(candidates, pilot, pilot_draws, confidence)
+    return replace(outcome, diagnostics={**outcome.diagnostics, "unspent_calls": leftover})
 
 
-def _needs_replicates(estimator: object, dist: Distribution, budget: int) -> bool:
-    """Two half runs for `is` on a noisy empirical D whose single run could not vouch for itself."""
-    return (isinstance(estimator, ImportanceSampling) and isinstance(dist, NoisyEmpirical)
-            and estimator.thin_defence_at(budget, dist) and budget // 2 >= estimator.min_budget())
+def _nothing_found(oracle: ScoreOracle, budget: int, generator: torch.Generator, confidence: float,
+                   pilot: Outcome, found: Any) -> Outcome:
+    """No catastrophe in the pilot nor anywhere the mode search looked: plain sampling for the rest.
+
+    Rare-event methods would then only return heuristic bounds; more plain draws, pooled
+    with the pilot's, give a proven one nearly as tight as plain sampling with the whole budget.
+    """
+    rest = MonteCarlo().run(oracle, budget, generator, confidence)
+    draws = pilot.diagnostics["draws"] + rest.diagnostics["draws"]
+    total = counts_outcome(pilot.diagnostics["hits"] + rest.diagnostics["hits"], draws, confidence)
+    note = (f"the failure-mode search ({found.chains} chains, up to {max(START_RADII)} standard deviations "
+            "out) found no catastrophic input, so the rest of the budget went to plain sampling")
+    return replace(total, diagnostics={**total.diagnostics, **found.diagnostics()},
+                   warnings=(*total.warnings, note),
+                   assumes=f"nothing: an exact binomial interval from {draws:,} draws of D")
+
+
+def token_method(model: nn.Module, dist: Distribution, spec: Spec, budget: int) -> tuple[str, str | None]:
+    """For token inputs (a discrete D): ("tsis", None), or ("mc", a warning naming why tsis was refused).
+
+    tsis needs no gradient, so no token model makes it refuse; only the inputs can (not
+    independent tokens, no graded score, too small a budget). The fallback is
+    plain sampling, never splitting: with no hit, splitting's -inf comes with no proven
+    upper bound, while plain sampling's Clopper-Pearson bound holds whatever the model.
+    """
+    tsis = build("tsis", {})
+    reason = tsis.unsupported_reason(model, dist, spec)
+    if reason is None and budget < tsis.min_budget():
+        reason = f"a budget of {budget:,} calls is below its minimum of {tsis.min_budget():,}"
+    if reason is None:
+        return "tsis", None
+    return "mc", (f"tsis was refused ({reason}); plain sampling was used instead, whose upper bound "
+                  "holds even with no hit")

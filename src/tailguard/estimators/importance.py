@@ -29,7 +29,8 @@ from ..dists.gaussian import Gaussian
 from ..errors import InvalidArgumentError
 from ..oracle import ScoreOracle
 from ..specs import Spec
-from . import _gmm
+from . import _gmm, modes
+from ._space import BaseSpace
 from .base import Outcome, register
 
 ScoreFn = Callable[[Tensor], Tensor]
@@ -38,57 +39,13 @@ ScoreFn = Callable[[Tensor], Tensor]
 MIN_DEFENSIVE_DRAWS = 10.0
 
 
-class _Space:
-    """Base coordinates z for D (each Gaussian piece of D is N(., I) there) and the map to inputs.
-
-    Gaussian: whitened coordinates, D = N(0, I). NoisyEmpirical: inputs divided by the
-    noise level, D = its own isotropic mixture. ``log_jac`` = log |dz/dx| (a constant).
-    """
-
-    def __init__(self, dist: Distribution):
-        self.dist = dist
-        with torch.no_grad():
-            if isinstance(dist, Gaussian):
-                tril = dist.scale_tril().detach()
-                self.log_jac = -float(torch.log(torch.diagonal(tril)).sum())
-            else:
-                assert isinstance(dist, NoisyEmpirical)
-                self.sigma = float(dist.noise_std.detach())
-                self.log_jac = -dist.dim * math.log(self.sigma)
-
-    def initial(self) -> _gmm.Mixture:
-        """The proposal of the first CE iteration: D itself."""
-        if isinstance(self.dist, Gaussian):
-            return _gmm.standard_normal(self.dist.dim)
-        assert isinstance(self.dist, NoisyEmpirical)
-        centres = self.dist.points.detach().reshape(self.dist.n_components, -1).double()
-        n = centres.shape[0]
-        return _gmm.isotropic(torch.full((n,), -math.log(n), dtype=torch.float64), centres / self.sigma)
-
-    def to_x(self, z: Tensor) -> Tensor:
-        """(n, d) base coordinates -> inputs (n, *event_shape), without gradients."""
-        with torch.no_grad():
-            if isinstance(self.dist, Gaussian):
-                mean = self.dist.mean.detach().reshape(-1).double()
-                x = mean + z @ self.dist.scale_tril().detach().T
-            else:
-                x = z * self.sigma
-        return x.reshape(z.shape[0], *self.dist.event_shape)
-
-    def base_log_prob(self, z: Tensor) -> Tensor:
-        """log density of D in base coordinates (n,), without gradients."""
-        with torch.no_grad():
-            if isinstance(self.dist, Gaussian):
-                return -0.5 * (z**2).sum(1) - 0.5 * z.shape[1] * math.log(2 * math.pi)
-            return self.dist.log_prob(self.to_x(z)) - self.log_jac
-
-    def refit(self, z: Tensor, log_w: Tensor, q: _gmm.Mixture, est: ImportanceSampling,
-              generator: torch.Generator) -> _gmm.Mixture:
-        """The next proposal from elites z (n, d) with log weights (n,)."""
-        if isinstance(self.dist, Gaussian):
-            return _gmm.fit_projected(z, log_w, est.max_components, est.elites_per_component,
-                                      est.shrink, est.max_dims, generator)
-        return _gmm.refit_isotropic(z, log_w, q, prior_count=est.prior_count)
+def _refit(space: BaseSpace, z: Tensor, log_w: Tensor, q: _gmm.Mixture, est: ImportanceSampling,
+           generator: torch.Generator) -> _gmm.Mixture:
+    """The next proposal from elites z (n, d) with log weights (n,)."""
+    if not space.is_mixture:
+        return _gmm.fit_projected(z, log_w, est.max_components, est.elites_per_component,
+                                  est.shrink, est.max_dims, generator)
+    return _gmm.refit_isotropic(z, log_w, q, prior_count=est.prior_count)
 
 
 @dataclass(frozen=True)
@@ -116,6 +73,9 @@ class ImportanceSampling:
     under-samples a small part of the failure region (which the weights' own variance
     cannot reveal); 0.03 covers the misses measured in benchmarks/estimation.md.
     defensive_share: for a NoisyEmpirical D, the share of D itself in the final proposal.
+    mode_fraction: the share of the budget spent first on the failure-mode search
+    (``modes``), whose modes join D in the first proposal with ``mode_share`` of its
+    mass (0 turns the search off).
     """
 
     name: ClassVar[str] = "is"
@@ -134,6 +94,8 @@ class ImportanceSampling:
     temperature: float = 0.1
     misfit_allowance: float = 0.03
     defensive_share: float = 0.2
+    mode_fraction: float = 0.1
+    mode_share: float = 0.5
 
     def __post_init__(self) -> None:
         checks = {
@@ -152,6 +114,8 @@ class ImportanceSampling:
             "defensive_share": 0.0 <= self.defensive_share < 1.0,
             "earlier_share": 0.0 <= self.earlier_share < 1.0,
             "temperature": self.temperature > 0.0,
+            "mode_fraction": 0.0 <= self.mode_fraction < 0.5,
+            "mode_share": 0.0 <= self.mode_share < 1.0,
         }
         for key, ok in checks.items():
             if not ok:
@@ -174,12 +138,41 @@ class ImportanceSampling:
     def _level_size(self, budget: int) -> int:
         return int(min(10_000, max(self.min_level_size, self.level_fraction * budget)))
 
-    def _adapt(self, space: _Space, score: ScoreFn, budget: int,
+    def search_modes(self, oracle: ScoreOracle, budget: int,
+                     generator: torch.Generator) -> modes.ModeSearch | None:
+        """The failure-mode search this estimator starts with (None when off or unaffordable)."""
+        space = BaseSpace(oracle.dist)
+        search_budget = int(self.mode_fraction * budget)
+        if space.is_mixture and self.mode_fraction > 0:
+            # every data point is worth one screening call, up to a third of the budget
+            pieces = space.centres().shape[0]
+            per_chain = modes.STEPS + 1 + modes.RAY_STEPS
+            search_budget = max(search_budget, min(pieces + 32 * per_chain, budget // 3))
+        if search_budget < 50:
+            return None
+        return modes.search(oracle, space, search_budget, generator)
+
+    def _start(self, space: BaseSpace,
+               found: modes.ModeSearch | None) -> tuple[ImportanceSampling, _gmm.Mixture]:
+        """The first proposal: D, blended with one component per failure mode found.
+
+        Returns the settings to adapt with (room for as many components and informed
+        directions as there are modes) and the proposal.
+        """
+        n = 0 if found is None else len(found.modes)
+        if found is None or n == 0:
+            return self, space.initial()
+        centres = torch.stack([m.z for m in found.modes])
+        seeded = _gmm.isotropic(torch.full((n,), -math.log(n), dtype=torch.float64), centres)
+        tuned = replace(self, max_components=max(self.max_components, n), max_dims=max(self.max_dims, n + 1))
+        return tuned, _gmm.blend(space.initial(), [seeded], self.mode_share)
+
+    def _adapt(self, space: BaseSpace, score: ScoreFn, budget: int, start: _gmm.Mixture,
                generator: torch.Generator) -> tuple[_Adapted, int]:
-        """Run CE iterations within adapt_fraction * budget calls; returns (result, calls spent)."""
+        """Run CE iterations from ``start`` within adapt_fraction * budget calls; returns (result, calls)."""
         n = self._level_size(budget)
         cap = int(self.adapt_fraction * budget)
-        q, used = space.initial(), 0
+        q, used = start, 0
         levels: list[float] = []
         fitted: list[_gmm.Mixture] = []
         while used + n <= cap and len(levels) < self.max_iterations:
@@ -188,13 +181,13 @@ class ImportanceSampling:
             level, elite = self._elites(s)
             levels.append(level)
             fit_w = _temper(log_w[elite], self.elite_ess_fraction)
-            q = space.refit(z[elite], fit_w, q, self, generator)
+            q = _refit(space, z[elite], fit_w, q, self, generator)
             if level >= 0.0:
                 return _Adapted(self._final_proposal(space, q, fitted), levels, True), used
             fitted.append(q)
         return _Adapted(self._final_proposal(space, q, fitted[:-1]), levels, False), used
 
-    def _final_proposal(self, space: _Space, q: _gmm.Mixture, earlier: list[_gmm.Mixture]) -> _gmm.Mixture:
+    def _final_proposal(self, space: BaseSpace, q: _gmm.Mixture, earlier: list[_gmm.Mixture]) -> _gmm.Mixture:
         """The last fit, a share of the earlier ones and, for a mixture D, a share of D itself.
 
         CE prunes the data points its elites did not reach; when many of them each carry
@@ -207,7 +200,7 @@ class ImportanceSampling:
             proposal = _gmm.blend(proposal, [space.initial()], self.defensive_share)
         return proposal
 
-    def _draw_level(self, space: _Space, q: _gmm.Mixture, score: ScoreFn, n: int, room: int,
+    def _draw_level(self, space: BaseSpace, q: _gmm.Mixture, score: ScoreFn, n: int, room: int,
                     generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
         """Draws (m, d), scores (m,), log p/q (m,) for one CE iteration, m a multiple of n.
 
@@ -242,12 +235,23 @@ class ImportanceSampling:
     def run(
         self, oracle: ScoreOracle, budget: int, generator: torch.Generator, confidence: float
     ) -> Outcome:
-        space = _Space(oracle.dist)
-        adapted, used = self._adapt(space, oracle.scores, budget, generator)
-        z = adapted.proposal.sample(budget - used, generator)
+        calls_before = oracle.n_calls
+        found = self.search_modes(oracle, budget, generator)
+        return self.run_from(oracle, budget - (oracle.n_calls - calls_before), generator, confidence, found)
+
+    def run_from(self, oracle: ScoreOracle, budget: int, generator: torch.Generator, confidence: float,
+                 found: modes.ModeSearch | None) -> Outcome:
+        """``run`` after the mode search: adapt from D and the modes ``found``, then estimate."""
+        space = BaseSpace(oracle.dist)
+        tuned, start = self._start(space, found)
+        left = budget
+        adapted, used = tuned._adapt(space, oracle.scores, left, start, generator)
+        z = adapted.proposal.sample(left - used, generator)
         s = oracle.scores(space.to_x(z))
         log_w = space.base_log_prob(z) - adapted.proposal.log_prob(z)
         outcome = _final_outcome(s, log_w, adapted, confidence, self.rho, self.misfit_allowance)
+        if found is not None:
+            outcome = replace(outcome, diagnostics={**outcome.diagnostics, **found.diagnostics()})
         if isinstance(space.dist, NoisyEmpirical):
             outcome = self._flag_thin_defence(outcome, space.dist, z.shape[0])
         return outcome
@@ -255,11 +259,6 @@ class ImportanceSampling:
     def defensive_draws_per_point(self, n_final: int, dist: NoisyEmpirical) -> float:
         """Draws of D itself per data point among ``n_final`` final-stage draws."""
         return self.defensive_share * n_final / dist.n_components
-
-    def thin_defence_at(self, budget: int, dist: NoisyEmpirical) -> bool:
-        """Whether a run with this budget may end with too few draws of D per data point."""
-        final_draws = int((1 - self.adapt_fraction) * budget)
-        return self.defensive_draws_per_point(final_draws, dist) < MIN_DEFENSIVE_DRAWS
 
     def _flag_thin_defence(self, outcome: Outcome, dist: NoisyEmpirical, n_final: int) -> Outcome:
         """Warn when D itself is drawn too rarely per data point to see what the proposal left.
@@ -299,10 +298,12 @@ class ImportanceSampling:
     ) -> tuple[Tensor, Tensor]:
         """Adapt q without gradients; return its draws x (n, *event_shape) and log q_x(x) (n,)."""
         oracle = ScoreOracle(model, dist, spec)
-        space = _Space(dist)
+        space = BaseSpace(dist)
+        tuned, start = self._start(space, self.search_modes(oracle, budget, generator))
+        left = budget - oracle.n_calls
         with torch.no_grad():
-            adapted, used = self._adapt(space, oracle.scores, budget, generator)
-            z = adapted.proposal.sample(budget - used, generator)
+            adapted, used = tuned._adapt(space, oracle.scores, left, start, generator)
+            z = adapted.proposal.sample(left - used, generator)
             log_q = adapted.proposal.log_prob(z) + space.log_jac
         return space.to_x(z), log_q
 
@@ -362,12 +363,16 @@ def _final_outcome(s: Tensor, log_w: Tensor, adapted: _Adapted, confidence: floa
     rel_se = math.sqrt(rel_var / n)
     k_hat, n_eff = pareto_k(terms), ess(terms)
     diagnostics.update({"ess": n_eff, "pareto_k": None if math.isnan(k_hat) else k_hat, "rel_se": rel_se})
+    ci = normal_log_ci(log_p, math.hypot(rel_se, misfit_allowance), confidence)
     if k_hat > 0.7 or n_eff < 30:
-        warnings.append(f"importance weights are heavy-tailed (Pareto k = {k_hat:.2f}, "
-                        f"ESS = {n_eff:.0f}): the CI cannot be trusted")
-    ci_rel_se = math.hypot(rel_se, misfit_allowance)
-    return Outcome(log_p=log_p, ci=normal_log_ci(log_p, ci_rel_se, confidence),
-                   diagnostics=diagnostics, warnings=tuple(warnings))
+        # the weights' variance is not finite or not estimated: the missing mass can be any
+        # size, so the upper end is refused (p <= 1) rather than printed
+        warnings.append(f"importance weights are heavy-tailed (Pareto k = {k_hat:.2f}, ESS = {n_eff:.0f}): "
+                        "the proposal may miss much of the probability, so no upper end is given")
+        return Outcome(log_p, (ci[0], 0.0), diagnostics, tuple(warnings), trusted=False,
+                       assumes="nothing above the estimate: heavy-tailed weights")
+    return Outcome(log_p, ci, diagnostics, tuple(warnings), trusted=adapted.reached,
+                   assumes="the proposal covers every failure region (weights with a finite variance)")
 
 
 def _zero_hit_outcome(s: Tensor, log_w: Tensor, diagnostics: dict, warnings: list[str],
@@ -382,7 +387,8 @@ def _zero_hit_outcome(s: Tensor, log_w: Tensor, diagnostics: dict, warnings: lis
     rel_var = max(math.exp(float(logmeanexp(2 * terms)) - 2 * log_upper_p) - 1.0, 0.0)
     _, high = normal_log_ci(log_upper_p, math.sqrt(rel_var / s.shape[0]), confidence)
     diagnostics.update({"ess": 0.0, "pareto_k": None, "bound_level": g})
-    warnings.append(f"no catastrophe in {s.shape[0]:,} proposal draws: only an upper bound "
-                    f"(from P[score >= {g:.3g}])")
+    warnings.append(f"no catastrophe in {s.shape[0]:,} proposal draws: the upper end is an importance-"
+                    f"sampling estimate of P[score >= {g:.3g}], a heuristic, not a proven bound")
     return Outcome(log_p=-math.inf, ci=(-math.inf, high), diagnostics=diagnostics,
-                   warnings=tuple(warnings))
+                   warnings=tuple(warnings), heuristic=True, trusted=False,
+                   assumes="the proposal reaches every region where the score is high")

@@ -142,7 +142,13 @@ class Splitting:
         swarm = self._simulate(oracle, self.n_repeats, n, left, generator)
         log_p, ci, warnings = _combine(swarm, confidence)
         diagnostics = self._diagnostics(swarm, pilot_levels, oracle.n_calls - start)
-        return Outcome(log_p=log_p, ci=ci, diagnostics=diagnostics, warnings=warnings)
+        if math.isinf(log_p):
+            # the bound is the estimated probability of the highest level reached: it holds
+            # only as far as the MCMC moves mixed, so it is a heuristic
+            return Outcome(log_p, ci, diagnostics, warnings, heuristic=True, trusted=False,
+                           assumes="the MCMC moves mixed within every level set")
+        return Outcome(log_p, ci, diagnostics, warnings,
+                       assumes="the MCMC moves mixed within every level set (spread of independent runs)")
 
     def _pilot_levels(self, oracle: ScoreOracle, budget: int, generator: torch.Generator) -> int:
         """Levels one small run needs (or reached before its budget of budget/5 ran out)."""

@@ -1,0 +1,74 @@
+"""Base coordinates for Gaussian-like D, shared by importance sampling and the failure-mode search.
+
+In base coordinates z every Gaussian piece of D is N(centre, I): whitened coordinates
+for a Gaussian D (one centre, the origin), inputs divided by the noise level for a
+noisy empirical D (one centre per data point). Distances there are in units of D's own
+spread, which is what makes "the most probable catastrophic input" a nearest-point
+problem and lets proposals be shrunk towards the identity.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from ..dists.base import Distribution
+from ..dists.empirical import NoisyEmpirical
+from ..dists.gaussian import Gaussian
+from . import _gmm
+
+
+def supports(dist: Distribution) -> bool:
+    """Whether D has base coordinates (a Gaussian or a noisy empirical D)."""
+    return isinstance(dist, Gaussian | NoisyEmpirical)
+
+
+class BaseSpace:
+    """The map z -> x for D and D's log-density in z. ``log_jac`` = log |dz/dx| (a constant)."""
+
+    def __init__(self, dist: Distribution):
+        if not supports(dist):
+            raise TypeError(f"{type(dist).__name__} has no base coordinates")
+        self.dist = dist
+        with torch.no_grad():
+            if isinstance(dist, Gaussian):
+                self.tril = dist.scale_tril().detach()
+                self.mean = dist.mean.detach().reshape(-1).double()
+                self.log_jac = -float(torch.log(torch.diagonal(self.tril)).sum())
+            else:
+                assert isinstance(dist, NoisyEmpirical)
+                self.sigma = float(dist.noise_std.detach())
+                self.log_jac = -dist.dim * math.log(self.sigma)
+
+    @property
+    def is_mixture(self) -> bool:
+        return isinstance(self.dist, NoisyEmpirical)
+
+    def centres(self) -> Tensor:
+        """The centres of D's Gaussian pieces in base coordinates (K, d)."""
+        if isinstance(self.dist, NoisyEmpirical):
+            return self.dist.points.detach().reshape(self.dist.n_components, -1).double() / self.sigma
+        return torch.zeros(1, self.dist.dim, dtype=torch.float64)
+
+    def initial(self) -> _gmm.Mixture:
+        """D itself as a mixture in base coordinates."""
+        centres = self.centres()
+        n = centres.shape[0]
+        return _gmm.isotropic(torch.full((n,), -math.log(n), dtype=torch.float64), centres)
+
+    def to_x(self, z: Tensor) -> Tensor:
+        """(n, d) base coordinates -> inputs (n, *event_shape); differentiable in z."""
+        if isinstance(self.dist, Gaussian):
+            x = self.mean + z @ self.tril.T
+        else:
+            x = z * self.sigma
+        return x.reshape(z.shape[0], *self.dist.event_shape)
+
+    def base_log_prob(self, z: Tensor) -> Tensor:
+        """log density of D in base coordinates (n,), without gradients."""
+        with torch.no_grad():
+            if isinstance(self.dist, Gaussian):
+                return -0.5 * (z**2).sum(1) - 0.5 * z.shape[1] * math.log(2 * math.pi)
+            return self.dist.log_prob(self.to_x(z)) - self.log_jac

@@ -1,0 +1,230 @@
+"""Find the failure modes before estimating: the most probable catastrophic inputs.
+
+Adaptive estimators only see the failure regions that their levels lead them to. A
+region whose score rises slowly, or that lies near one data point among thousands, can
+carry most of the probability and still be missed, with healthy-looking weights. So the
+search for where failures are is done first, and on its own terms: many chains, each
+tied to a centre of D (the origin of whitened coordinates for a Gaussian D, each data
+point for a noisy empirical D), look for the catastrophic input nearest to their centre
+in D's own units, that is, the most probable catastrophic input of that piece of D.
+
+Each chain takes damped Hasofer-Lind-Rackwitz-Fiessler steps (the design-point search
+of FORM; Rackwitz & Fiessler 1978, Zhang & Der Kiureghian 1995): linearise the score
+at the current point and move towards the nearest point of the linearised failure set,
+aimed a little inside it. The step uses only the ratio of the score to its gradient, so
+it does not care how the score is scaled, which is what defeats level-following
+methods when two regions have scores of very different scales. Chains start at
+several radii around their centre (overdispersed starts reach regions whose gradient
+at D's typical inputs points elsewhere); a chain whose gradient always vanishes gives
+no mode.
+Every catastrophic point a chain visits is a candidate; the most probable one per chain
+is then pulled towards its centre by bisection along the ray between them, and these end points
+are grouped into modes by centre and direction.
+
+For a noisy empirical D with more data points than the budget can follow, every point
+is screened first with one gradient evaluation (the linearised distance to failure,
+-s / |grad s| in noise units) and chains follow the closest ones.
+
+The modes seed the importance-sampling proposal (one component per mode) and appear in
+its diagnostics. The search itself estimates nothing: it only says where to look.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..oracle import ScoreOracle, eval_mode
+from ._space import BaseSpace
+
+#: radii (in D's standard deviations) at which chains start around their centre
+START_RADII = (1.0, 2.0, 3.0, 4.5)
+#: damped HLRF steps per chain
+STEPS = 12
+#: step damping: the fraction of the way to the linearised target taken per step
+DAMPING = 0.7
+#: how far inside the linearised failure set a step aims, in D's standard deviations
+OVERSHOOT = 0.02
+#: end points of one centre whose directions have a cosine above this form one mode
+SAME_DIRECTION = 0.95
+#: bisection steps along the ray from a chain's centre to its best point
+RAY_STEPS = 8
+
+
+@dataclass(frozen=True)
+class FailureMode:
+    """A catastrophic input found by the search.
+
+    z: base coordinates (d,); x: the input (*event_shape); centre: which piece of D it
+    belongs to; log_density: ln p_D(z) in base coordinates; chains: how many chains ended here.
+    """
+
+    z: Tensor
+    x: Tensor
+    centre: int
+    log_density: float
+    score: float
+    chains: int
+
+
+@dataclass(frozen=True)
+class ModeSearch:
+    """The modes found (most probable first), and what the search cost.
+
+    catastrophic_chains counts every chain that saw a catastrophic input, also those on a
+    plateau of the score that give no mode.
+    """
+
+    modes: tuple[FailureMode, ...]
+    model_calls: int
+    chains: int
+    catastrophic_chains: int
+    gradient_free: bool
+
+    def diagnostics(self) -> dict[str, Any]:
+        return {
+            "n_modes": len(self.modes),
+            "mode_log10_density": [round(m.log_density / math.log(10), 3) for m in self.modes[:8]],
+            "mode_search_calls": self.model_calls,
+            "mode_search_chains": self.chains,
+            "mode_search_catastrophic_chains": self.catastrophic_chains,
+            "mode_search_gradient_free": self.gradient_free,
+        }
+
+
+def search(oracle: ScoreOracle, space: BaseSpace, budget: int, generator: torch.Generator,
+           max_modes: int = 32) -> ModeSearch:
+    """Chains of design-point steps within ``budget`` model calls; their catastrophic end points as modes."""
+    start_calls = oracle.n_calls
+    centres = space.centres()
+    per_chain = STEPS + 1 + RAY_STEPS
+    screen = min(centres.shape[0], budget - 8 * per_chain) if centres.shape[0] > 1 else 0
+    n_chains = max(1, min(256, (budget - screen) // per_chain))
+    chain_centre = _chain_centres(oracle, space, centres, n_chains, screen, generator)
+    n_chains = chain_centre.shape[0]
+    radii = torch.tensor(START_RADII, dtype=torch.float64)[torch.arange(n_chains) % len(START_RADII)]
+    u = radii[:, None] * torch.randn(n_chains, centres.shape[1], generator=generator, dtype=torch.float64)
+    best_z = torch.zeros_like(u)
+    best_log_p = torch.full((n_chains,), -math.inf, dtype=torch.float64)
+    best_s = torch.zeros(n_chains, dtype=torch.float64)
+    gradient_free = False
+    moved = torch.zeros(n_chains, dtype=torch.bool)
+    for _ in range(STEPS + 1):
+        z = centres[chain_centre] + u
+        s, grad = _score_and_grad(oracle, space, z)
+        gradient_free = gradient_free or grad is None
+        log_p = space.base_log_prob(z)
+        better = (s > 0) & (log_p > best_log_p)
+        best_z[better], best_log_p[better], best_s[better] = z[better], log_p[better], s[better]
+        if grad is None or oracle.n_calls - start_calls + n_chains * (1 + RAY_STEPS) > budget:
+            break
+        moved |= (grad != 0).any(1)
+        u = _hlrf_step(u, s, grad)
+    # a chain that never had a gradient (a plateau of the score) only holds a random
+    # catastrophic start, far from the most probable ones: a poor seed for a proposal
+    catastrophic = int(torch.isfinite(best_log_p).sum())
+    found = torch.isfinite(best_log_p) & moved
+    if bool(found.any()):
+        base = centres[chain_centre[found]]
+        best_z[found], best_s[found] = _pull_towards_centre(oracle, space, base, best_z[found], best_s[found])
+        best_log_p[found] = space.base_log_prob(best_z[found])
+    modes = _group(space, best_z[found], chain_centre[found], best_log_p[found], best_s[found], max_modes)
+    return ModeSearch(modes, oracle.n_calls - start_calls, n_chains, catastrophic, gradient_free)
+
+
+def _chain_centres(oracle: ScoreOracle, space: BaseSpace, centres: Tensor, n_chains: int,
+                   screen_budget: int, generator: torch.Generator) -> Tensor:
+    """The centre index of each chain (n_chains,): the one centre, or the most exposed data points.
+
+    With several centres, each is screened by its linearised distance to failure
+    -s / |grad s| (noise units); chains go to the closest, a few to random others.
+    """
+    k = centres.shape[0]
+    if k == 1:
+        return torch.zeros(n_chains, dtype=torch.long)
+    screened = torch.randperm(k, generator=generator)[: max(1, min(k, screen_budget))]
+    s, grad = _score_and_grad(oracle, space, centres[screened])
+    if grad is None:
+        distance = -s
+    else:
+        distance = torch.where(s > 0, torch.zeros_like(s), -s / grad.norm(dim=1).clamp_min(1e-300))
+    order = screened[torch.argsort(distance)]
+    n_close = max(1, (3 * n_chains) // 4)
+    close = order[: min(n_close, order.numel())]
+    others = screened[torch.randint(screened.numel(), (n_chains - close.numel(),), generator=generator)]
+    return torch.cat([close, others])
+
+
+def _score_and_grad(oracle: ScoreOracle, space: BaseSpace, z: Tensor) -> tuple[Tensor, Tensor | None]:
+    """Scores (n,) at base coordinates z (n, d) and their gradient in z (n, d), or None if unavailable."""
+    zg = z.detach().clone().requires_grad_(True)
+    with torch.enable_grad(), eval_mode(oracle.model):
+        s = oracle.scores_with_grad(space.to_x(zg))
+        if not s.requires_grad:
+            return s.detach(), None
+        (grad,) = torch.autograd.grad(s.sum(), zg)
+    return s.detach(), grad.detach()
+
+
+def _hlrf_step(u: Tensor, s: Tensor, grad: Tensor) -> Tensor:
+    """A damped HLRF step towards the nearest point of the linearised set {s > 0} (n, d).
+
+    Target: u* = g (g.u - s + tau) / |g|^2, the foot of the perpendicular from the centre
+    to the hyperplane s + g.(v - u) = tau, with tau = OVERSHOOT |g| (a little inside).
+    Chains with no gradient stay where they are.
+    """
+    norm2 = (grad**2).sum(1)
+    ok = norm2 > 0
+    tau = OVERSHOOT * torch.sqrt(norm2)
+    coef = torch.where(ok, ((grad * u).sum(1) - s + tau) / norm2.clamp_min(1e-300), torch.zeros_like(s))
+    target = coef[:, None] * grad
+    return torch.where(ok[:, None], u + DAMPING * (target - u), u)
+
+
+def _pull_towards_centre(oracle: ScoreOracle, space: BaseSpace, centre: Tensor, z: Tensor,
+                         s: Tensor) -> tuple[Tensor, Tensor]:
+    """Bisection on t in [0, 1] for the catastrophic point c + t (z - c) nearest the centre (m, d).
+
+    Keeps the smallest t seen with a positive score; z itself (t = 1) is catastrophic.
+    """
+    low = torch.zeros(z.shape[0], dtype=torch.float64)
+    high = torch.ones(z.shape[0], dtype=torch.float64)
+    best_z, best_s = z.clone(), s.clone()
+    for _ in range(RAY_STEPS):
+        mid = 0.5 * (low + high)
+        trial = centre + mid[:, None] * (z - centre)
+        s_trial = oracle.scores(space.to_x(trial))
+        hit = s_trial > 0
+        best_z[hit], best_s[hit] = trial[hit], s_trial[hit]
+        high = torch.where(hit, mid, high)
+        low = torch.where(hit, low, mid)
+    return best_z, best_s
+
+
+def _group(space: BaseSpace, z: Tensor, centre: Tensor, log_p: Tensor, s: Tensor,
+           max_modes: int) -> tuple[FailureMode, ...]:
+    """Greedy grouping of end points (most probable first) by centre and direction."""
+    centres = space.centres()
+    order = torch.argsort(log_p, descending=True)
+    kept: list[list[Any]] = []  # [z, centre, log_p, s, chains, unit direction]
+    for i in order.tolist():
+        c = int(centre[i])
+        offset = z[i] - centres[c]
+        unit = offset / offset.norm().clamp_min(1e-12)
+        for mode in kept:
+            if mode[1] == c and float(unit @ mode[5]) > SAME_DIRECTION:
+                mode[4] += 1
+                break
+        else:
+            if len(kept) < max_modes:
+                kept.append([z[i], c, float(log_p[i]), float(s[i]), 1, unit])
+    with torch.no_grad():
+        return tuple(
+            FailureMode(z=m[0], x=space.to_x(m[0][None])[0], centre=m[1], log_density=m[2],
+                        score=m[3], chains=m[4])
+            for m in kept
+        )
