@@ -74,7 +74,7 @@ def _base_record(method: str, case: Case, budget: int, seed: int) -> Record:
         "truth_source": case.truth_source, "budget": budget, "seed": seed,
         "status": "ok", "reason": None, "estimate_log10_p": None, "ci_log10": None,
         "covered": None, "abs_log10_error": None, "model_calls": 0, "seconds": 0.0,
-        "heuristic": None, "warnings": [],
+        "heuristic": None, "trusted": None, "warnings": [],
     }
 
 
@@ -87,7 +87,7 @@ def _fill(record: Record, est: Estimate) -> Record:
         "covered": bool(low - 1e-9 <= truth <= high + 1e-9),  # slack: rounding of exact answers
         "abs_log10_error": abs(est.log10_p - truth) if math.isfinite(est.log10_p) else math.inf,
         "model_calls": est.n_model_calls, "seconds": est.seconds,
-        "heuristic": est.heuristic, "warnings": list(est.warnings),
+        "heuristic": est.heuristic, "trusted": est.trusted, "warnings": list(est.warnings),
     })
     return record
 

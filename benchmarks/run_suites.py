@@ -1,0 +1,29 @@
+"""Run the stress or reliability suite and write benchmarks/<suite>.{json,md}.
+
+    .venv/bin/python benchmarks/run_suites.py stress        # about 15 minutes on 2 cores
+    .venv/bin/python benchmarks/run_suites.py reliability
+"""
+
+import sys
+from pathlib import Path
+
+import torch
+
+from tailguard.bench.suites import run_suite, write_suite_report
+
+torch.set_num_threads(1)
+suite = sys.argv[1]
+seeds = tuple(range(int(sys.argv[2]) if len(sys.argv) > 2 else 5))
+budgets = (10_000, 100_000)
+
+
+def say(record, done, total):
+    print(f"[{done}/{total}] {record['method']} {record['case']} {record['budget']} seed {record['seed']}: "
+          f"{record['status']} {record['estimate_log10_p']} {record['ci_log10']} "
+          f"(truth {record['true_log10_p']:.3f}) covered={record['covered']}", flush=True)
+
+
+records = run_suite(suite, budgets=budgets, seeds=seeds, progress=say)
+paths = write_suite_report(suite, records, Path(__file__).parent,
+                           {"budgets": list(budgets), "seeds": list(seeds)})
+print(paths["markdown"].read_text())

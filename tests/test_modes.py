@@ -1,0 +1,77 @@
+"""The failure-mode search finds regions that level-following methods miss, and seeds auto."""
+
+import math
+
+import torch
+from scipy import stats
+from torch import nn
+
+import tailguard as tg
+from tailguard.estimators import modes
+from tailguard.estimators._space import BaseSpace
+from tailguard.oracle import ScoreOracle
+
+
+class TwoScales(nn.Module):
+    """max(0.001 (x0 - 4.5), 1000 (x1 - 3.7)): the slow score rules everywhere but in x1's region.
+
+    Levels that follow the score follow x0 (p = 3.4e-6); x1's region holds 1.1e-4.
+    """
+
+    def forward(self, x):
+        x = x.double()
+        return torch.maximum(0.001 * (x[:, 0] - 4.5), 1000 * (x[:, 1] - 3.7))[:, None]
+
+
+def two_scales_truth() -> float:
+    pa, pb = stats.norm.sf(4.5), stats.norm.sf(3.7)
+    return math.log10(pa + pb - pa * pb)
+
+
+def test_search_finds_both_regions_whatever_their_score_scales():
+    dist = tg.Gaussian(torch.zeros(10, dtype=torch.float64))
+    oracle = ScoreOracle(TwoScales(), dist, tg.OutputAbove(0, 0.0))
+    found = modes.search(oracle, BaseSpace(dist), 2_000, torch.Generator().manual_seed(0))
+    assert found.model_calls <= 2_000
+    directions = {int(torch.argmax(m.z.abs())) for m in found.modes}
+    assert {0, 1} <= directions
+    heavy = max(found.modes, key=lambda m: m.log_density)
+    assert abs(float(heavy.z[1]) - 3.7) < 0.1  # the design point of the heavy region
+
+
+def test_search_screens_every_data_point_of_a_noisy_empirical_d():
+    g = torch.Generator().manual_seed(5)
+    points = torch.randn(500, 8, generator=g, dtype=torch.float64)
+    points[:, 0] = points[:, 0].clamp(max=1.0)
+    points[123, 0] = 2.5  # the only point within reach of x0 > 3.7
+    dist = tg.NoisyEmpirical(points, 0.3)
+    w = torch.zeros(1, 8, dtype=torch.float64)
+    w[0, 0] = 1.0
+    model = nn.Linear(8, 1, bias=False, dtype=torch.float64)
+    with torch.no_grad():
+        model.weight.copy_(w)
+    oracle = ScoreOracle(model, dist, tg.OutputAbove(0, 3.7))
+    found = modes.search(oracle, BaseSpace(dist), 1_500, torch.Generator().manual_seed(0))
+    assert found.modes and found.modes[0].centre == 123
+
+
+def test_auto_covers_the_heavy_region_that_levels_miss():
+    dist = tg.Gaussian(torch.zeros(10, dtype=torch.float64))
+    truth = two_scales_truth()
+    for seed in (0, 1):
+        est = tg.estimate(TwoScales(), dist, tg.OutputAbove(0, 0.0), budget=20_000, seed=seed)
+        assert est.ci_log10[0] <= truth <= est.ci_log10[1]
+        assert abs(est.log10_p - truth) < 0.1
+
+
+def test_a_model_that_never_fails_gets_a_bound_as_tight_as_plain_sampling():
+    class Never(nn.Module):
+        def forward(self, x):
+            return -1.0 - (x.double() ** 2).sum(1, keepdim=True)
+
+    dist = tg.Gaussian(torch.zeros(6, dtype=torch.float64))
+    est = tg.estimate(Never(), dist, tg.OutputAbove(0, 0.0), budget=50_000, seed=0)
+    plain = tg.estimate(Never(), dist, tg.OutputAbove(0, 0.0), method="mc", budget=50_000, seed=0)
+    assert est.log10_p == -math.inf
+    assert est.ci_log10[1] <= plain.ci_log10[1] + 0.05
+    assert est.trusted and "draws of D" in est.assumes
