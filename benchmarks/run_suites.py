@@ -14,6 +14,7 @@ from tailguard.bench.suites import run_suite, write_suite_report
 torch.set_num_threads(1)
 suite = sys.argv[1]
 seeds = tuple(range(int(sys.argv[2]) if len(sys.argv) > 2 else 5))
+methods = sys.argv[3].split(",") if len(sys.argv) > 3 else None
 budgets = (10_000, 100_000)
 
 
@@ -23,7 +24,7 @@ def say(record, done, total):
           f"(truth {record['true_log10_p']:.3f}) covered={record['covered']}", flush=True)
 
 
-records = run_suite(suite, budgets=budgets, seeds=seeds, progress=say)
+records = run_suite(suite, methods=methods, budgets=budgets, seeds=seeds, progress=say)
 paths = write_suite_report(suite, records, Path(__file__).parent,
-                           {"budgets": list(budgets), "seeds": list(seeds)})
+                           {"budgets": list(budgets), "seeds": list(seeds), "methods": methods})
 print(paths["markdown"].read_text())

@@ -52,9 +52,10 @@ def _run(suite: str, method: str, case: Case, budget: int, seed: int) -> Record:
 
 def run_suite(suite: str, methods: Sequence[str] | None = None, budgets: Sequence[int] = (10_000, 100_000),
               seeds: Sequence[int] = tuple(range(5)),
-              progress: Callable[[Record, int, int], None] | None = None) -> list[Record]:
-    """One record per (method, case, budget, seed), in that nesting order."""
-    cases = suite_cases(suite)
+              progress: Callable[[Record, int, int], None] | None = None,
+              cases: Sequence[Case] | None = None) -> list[Record]:
+    """One record per (method, case, budget, seed), in that nesting order (cases: default the suite's)."""
+    cases = suite_cases(suite) if cases is None else cases
     methods = SUITE_METHODS[suite] if methods is None else tuple(methods)
     tasks = [(m, c, b, s) for c in cases for m in methods for b in budgets for s in seeds]
     records: list[Record] = []

@@ -21,7 +21,6 @@ The policy is written down in docs/design/006-interval-policy.md.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any
 
 import torch
 from torch import nn
@@ -98,13 +97,10 @@ def _cross_check(oracle: ScoreOracle, budget: int, generator: torch.Generator, c
     split_budget = budget - is_budget
     splitting = Splitting(n_repeats=5 if split_budget < FEW_REPEATS_BELOW else 10)
     importance = ImportanceSampling()
-    start = oracle.n_calls
-    found = importance.search_modes(oracle, is_budget, generator)
-    if pilot.diagnostics["hits"] == 0 and found is not None and found.catastrophic_chains == 0:
-        return _nothing_found(oracle, budget - (oracle.n_calls - start), generator, confidence,
-                              pilot, found)
-    is_left = is_budget - (oracle.n_calls - start)
-    is_outcome = importance.run_from(oracle, is_left, generator, confidence, found)
+    is_outcome = importance.run(oracle, is_budget, generator, confidence)
+    if pilot.diagnostics["hits"] == 0 and is_outcome.diagnostics.get("hits", 0) == 0 \
+            and is_outcome.diagnostics.get("mode_search_catastrophic_chains", 1) == 0:
+        return _nothing_found(oracle, split_budget, generator, confidence, pilot)
     candidates = [_policy.Candidate("is", is_outcome)]
     if split_budget >= splitting.min_budget():
         start = oracle.n_calls
@@ -118,19 +114,18 @@ def _cross_check(oracle: ScoreOracle, budget: int, generator: torch.Generator, c
 
 
 def _nothing_found(oracle: ScoreOracle, budget: int, generator: torch.Generator, confidence: float,
-                   pilot: Outcome, found: Any) -> Outcome:
-    """No catastrophe in the pilot nor anywhere the mode search looked: plain sampling for the rest.
+                   pilot: Outcome) -> Outcome:
+    """No catastrophe in the pilot, the mode search or importance sampling: plain sampling for the rest.
 
-    Rare-event methods would then only return heuristic bounds; more plain draws, pooled
-    with the pilot's, give a proven one nearly as tight as plain sampling with the whole budget.
+    Splitting would then most likely return a heuristic bound; more plain draws, pooled
+    with the pilot's, give a proven one.
     """
     rest = MonteCarlo().run(oracle, budget, generator, confidence)
     draws = pilot.diagnostics["draws"] + rest.diagnostics["draws"]
     total = counts_outcome(pilot.diagnostics["hits"] + rest.diagnostics["hits"], draws, confidence)
-    note = (f"the failure-mode search ({found.chains} chains, up to {max(START_RADII)} standard deviations "
-            "out) found no catastrophic input, so the rest of the budget went to plain sampling")
-    return replace(total, diagnostics={**total.diagnostics, **found.diagnostics()},
-                   warnings=(*total.warnings, note),
+    note = (f"neither the failure-mode search (up to {max(START_RADII)} standard deviations out) nor "
+            "importance sampling found a catastrophic input, so splitting's share went to plain sampling")
+    return replace(total, warnings=(*total.warnings, note),
                    assumes=f"nothing: an exact binomial interval from {draws:,} draws of D")
 
 
