@@ -290,12 +290,16 @@ class Suite(StrEnum):
     estimate = "estimate"
     harden = "harden"
     lm = "lm"
+    stress = "stress"
+    reliability = "reliability"
 
 
 @app.command("bench")
 def bench_command(
     suite: Annotated[
-        Suite, typer.Argument(help="'estimate' (estimators on exact cases), 'harden', or 'lm' "
+        Suite, typer.Argument(help="'estimate' (estimators on exact cases), 'stress' (cases built to break "
+                                   "adaptive estimators), 'reliability' (otbenchmark's problems beside "
+                                   "OpenTURNS), 'harden', or 'lm' "
                                    "(token estimators against enumeration; with --real, SmolLM2).")
     ] = Suite.estimate,
     quick: Annotated[
@@ -321,6 +325,9 @@ def bench_command(
         return
     if suite is Suite.lm:
         _bench_lm(quick, out, real)
+        return
+    if suite in (Suite.stress, Suite.reliability):
+        _bench_suite(suite.value, quick, out)
         return
 
     with _bad_input_exits():
@@ -372,6 +379,23 @@ def _bench_harden(quick: bool, out: Path) -> None:
         )
         folder = _scratch(out / "harden", quick)
         paths = write_harden_report(records, folder, {"steps": steps, "eval_budget": budget})
+    console.print(f"report: {', '.join(str(p) for p in paths.values())}")
+
+
+def _bench_suite(name: str, quick: bool, out: Path) -> None:
+    """The stress or reliability suite (quick: one seed at 1e4 calls, written under OUT/quick)."""
+    from .bench.suites import markdown, run_suite, write_suite_report
+
+    budgets, seeds = ((10_000,), (0,)) if quick else ((10_000, 100_000), tuple(range(5)))
+    folder = out / "quick" if quick else out
+    console = Console()
+    with _bad_input_exits():
+        records = run_suite(name, budgets=budgets, seeds=seeds,
+                            progress=lambda r, done, total: console.print(
+                                f"[dim]{done}/{total} {escape(r['method'])} {escape(r['case'])}[/dim]"))
+        config = {"budgets": list(budgets), "seeds": list(seeds)}
+        paths = write_suite_report(name, records, folder, config)
+    console.print(markdown(name, records, config))
     console.print(f"report: {', '.join(str(p) for p in paths.values())}")
 
 
