@@ -1,5 +1,6 @@
 """Enumerable token cases: the in-project transformer, exact target probabilities, the metrics."""
 
+import json
 import math
 
 import pytest
@@ -65,3 +66,21 @@ def test_quick_benchmark_from_the_command_line(tmp_path):
     for name in ("enumerable.json", "enumerable.md", "enumerable.png"):
         assert (tmp_path / "lm" / "quick" / name).is_file()
     assert "itgis" in (tmp_path / "lm" / "quick" / "enumerable.md").read_text()
+
+
+def test_the_embedding_kind_takes_ids_only_and_runs_end_to_end(tmp_path):
+    model, chars, _ = lm_enum.train_embedding_mlp(ctx=lm_enum.CTX, vocab=6, seed=0, steps=30)
+    ids = torch.randint(6, (4, lm_enum.CTX))
+    assert model(ids).shape == (4, 6) and chars.size == 6
+    with pytest.raises(RuntimeError):  # an nn.Embedding lookup takes no one-hot floats
+        model(torch.nn.functional.one_hot(ids, 6).float())
+
+    def train(ctx, vocab, seed):
+        return lm_enum.train_embedding_mlp(ctx, vocab, seed, steps=30)
+
+    kind = lm_enum.ModelKind("tiny", train, 6, ("tsis", "auto"), "tiny")
+    paths = lm_enum.run_kind(kind, tmp_path, quick=True)
+    records = json.loads(paths["json"].read_text())["records"]
+    assert records and {r["method"] for r in records} == {"tsis", "auto"}
+    assert all(abs(r["estimate_log10_p"] - r["true_log10_p"]) < 0.1 for r in records)
+    assert "tiny models" in paths["markdown"].read_text() and paths["plot"].is_file()

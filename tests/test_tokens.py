@@ -41,16 +41,16 @@ class TokenMLP(nn.Module):
         return torch.relu(h @ self.w1) @ self.w2 + self.out_bias
 
 
-class IdsOnly(nn.Module):
-    """A model with a lookup embedding: it cannot take one-hot inputs."""
+class BlackBox(nn.Module):
+    """Indexes a tensor with its ids: neither one-hot inputs nor an nn.Embedding reach its embedding."""
 
     def __init__(self):
         super().__init__()
-        self.embed = nn.Embedding(VOCAB, 4)
+        self.table = nn.Parameter(torch.randn(VOCAB, 4))
         self.head = nn.Linear(4 * CTX, VOCAB)
 
     def forward(self, x):
-        return self.head(self.embed(x).flatten(1))
+        return self.head(self.table[x].flatten(1))
 
 
 def peaked_probs(concentration, seed, ctx=CTX, vocab=VOCAB):
@@ -252,12 +252,12 @@ def test_itgis_spends_the_budget_exactly_and_repeats_itself():
     assert tg.Estimate.from_json(a.to_json()) == a
 
 
-def test_itgis_declines_models_that_only_take_ids_and_other_inputs():
+def test_itgis_declines_black_box_models_and_other_inputs():
     dist = tg.IndependentTokens(peaked_probs(0.5, 0))
-    reason = build("itgis", {}).unsupported_reason(IdsOnly(), dist, tg.ClassIs(0))
-    assert reason is not None and "one-hot" in reason
+    reason = build("itgis", {}).unsupported_reason(BlackBox(), dist, tg.ClassIs(0))
+    assert reason is not None and "one-hot" in reason and "nn.Embedding" in reason
     with pytest.raises(tg.UnsupportedError, match="one-hot"):
-        tg.estimate(IdsOnly(), dist, tg.ClassIs(0), "itgis", budget=1000)
+        tg.estimate(BlackBox(), dist, tg.ClassIs(0), "itgis", budget=1000)
     itgis = build("itgis", {})
     gaussian = tg.Gaussian(torch.zeros(3))
     assert "IndependentTokens" in itgis.unsupported_reason(nn.Linear(3, 2), gaussian, tg.ClassIs(0))

@@ -10,7 +10,7 @@ from tailguard.estimators._trigger_search import FoundSet
 from tailguard.estimators.base import build
 from tailguard.estimators.tsis import ProductMixture, TriggerSeededIS, _draws_outside
 
-from .test_tokens import RARE, IdsOnly, TokenMLP, all_inputs, case, exact_log10, peaked_probs
+from .test_tokens import RARE, BlackBox, TokenMLP, all_inputs, case, exact_log10, peaked_probs
 
 BUDGET = 2**14
 
@@ -97,17 +97,17 @@ def test_draws_outside_the_found_set_have_the_conditioned_density():
 
 @pytest.mark.parametrize("settings", [
     {"search_share": 1.2}, {"search_share": 0.6, "adapt_share": 0.4}, {"beam_width": 0},
-    {"defensive": 0.0}, {"temperature": -1.0}, {"candidates": 2.5},
+    {"defensive": 0.0}, {"temperature": -1.0}, {"candidates": 2.5}, {"gradient": "no"},
 ])
 def test_bad_settings_are_rejected(settings):
     with pytest.raises(tg.InvalidArgumentError):
         build("tsis", settings)
 
 
-def test_tsis_declines_what_it_cannot_do():
+def test_tsis_declines_what_it_cannot_do_and_no_model_for_want_of_a_gradient():
     dist = tg.IndependentTokens(peaked_probs(0.5, 0))
     tsis = TriggerSeededIS()
-    assert "one-hot" in tsis.unsupported_reason(IdsOnly(), dist, tg.ClassIs(0))
+    assert tsis.unsupported_reason(BlackBox(), dist, tg.ClassIs(0)) is None
     assert "IndependentTokens" in tsis.unsupported_reason(torch.nn.Linear(3, 2), tg.Gaussian(torch.zeros(3)),
                                                           tg.ClassIs(0))
     predicate = tg.Predicate(lambda x, y: y.argmax(1) == 0)

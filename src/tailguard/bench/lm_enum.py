@@ -1,11 +1,18 @@
-"""Token estimators against exhaustive enumeration on small trained transformers.
+"""Token estimators against exhaustive enumeration on small trained token models.
 
-Cases: in-project character transformers (``tasks.token_transformer``, 12 symbols, 5
-positions: 248,832 contexts) under ``IndependentTokens`` distributions of several
+Cases: small next-character models under ``IndependentTokens`` distributions of several
 shapes; the target is "the model's next token is t", for every t, with its exact
 probability from enumeration. The scored targets are those with true p in
 TARGET_BAND_LOG10, as in Wu & Hilton (2024), where plain sampling at the budget
-almost always sees nothing.
+almost always sees nothing. Two kinds of model (``KINDS``), each with its own results:
+
+* ``transformer``: the in-project character transformers (``tasks.token_transformer``,
+  12 symbols, 5 positions: 248,832 contexts), whose embedding is ``one_hot @ weight``.
+* ``embedding``: ``EmbeddingMLP``, token and position ``nn.Embedding`` lookups, then an
+  MLP to the logits (20 symbols, 5 positions: 3.2M contexts). It takes token ids only,
+  as a Hugging Face model does, so the gradient estimators reach its one-hot gradient
+  through its embedding; 20 symbols are more than tsis tries per position, so its
+  search ranks the changes by that gradient.
 
 Metrics per estimator: share of zero estimates, median |log10 error| (a zero counts
 as infinitely wrong), the Itakura–Saito loss p/p_hat - log(p/p_hat) - 1 (the paper's
@@ -28,12 +35,77 @@ from torch import Tensor, nn
 
 import tailguard as tg
 
-from ..tasks.token_transformer import exact_target_log10, train_token_transformer
+from ..tasks.token_transformer import (
+    CharVocab,
+    build_vocab,
+    descriptions_text,
+    exact_target_log10,
+    train_token_transformer,
+)
 
 TARGET_BAND_LOG10 = (-9.0, -5.0)
 BUDGET = 2**16
-METHODS = ("tsis", "itgis", "mhis", "splitting", "qld", "gld", "mc")
-CTX, VOCAB = 5, 12
+CTX = 5
+
+
+class EmbeddingMLP(nn.Module):
+    """Token ids (n, ctx) -> next-token logits (n, vocab): nn.Embedding lookups, then a two-layer MLP.
+
+    Ids only (a one-hot float input fails in the lookup), like every Hugging Face model.
+    """
+
+    def __init__(self, vocab: int, ctx: int, d_model: int = 16, hidden: int = 64):
+        super().__init__()
+        self.ctx = ctx
+        self.embed = nn.Embedding(vocab, d_model)
+        self.position = nn.Embedding(ctx, d_model)
+        self.mlp = nn.Sequential(nn.Linear(ctx * d_model, hidden), nn.GELU(), nn.Linear(hidden, vocab))
+
+    def forward(self, x: Tensor) -> Tensor:
+        positions = torch.arange(self.ctx, device=x.device).expand(x.shape[0], -1)
+        return self.mlp((self.embed(x) + self.position(positions)).flatten(1))
+
+
+def train_embedding_mlp(ctx: int, vocab: int, seed: int,
+                        steps: int = 600) -> tuple[EmbeddingMLP, CharVocab, str]:
+    """(model, vocabulary, training text): next-character prediction on the dataset descriptions."""
+    text = descriptions_text()
+    chars = build_vocab(text, vocab)
+    windows = chars.encode(text).unfold(0, ctx + 1, 1)  # (m, ctx + 1)
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    model = EmbeddingMLP(vocab, ctx)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.01)
+    for _ in range(steps):
+        batch = windows[torch.randint(windows.shape[0], (256,), generator=g)]
+        loss = nn.functional.cross_entropy(model(batch[:, :-1]), batch[:, -1])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval(), chars, text
+
+
+@dataclass(frozen=True)
+class ModelKind:
+    """One kind of model in the benchmark: how to train it, its vocabulary, the methods run, its files."""
+
+    name: str
+    train: Callable[[int, int, int], tuple[nn.Module, CharVocab, str]]  # (ctx, vocab, seed) -> ...
+    vocab: int
+    methods: tuple[str, ...]
+    stem: str  # results go to {stem}.json, .md, .png
+
+
+def _train_transformer(ctx: int, vocab: int, seed: int) -> tuple[nn.Module, CharVocab, str]:
+    return train_token_transformer(ctx=ctx, vocab=vocab, seed=seed)
+
+
+KINDS = {
+    "transformer": ModelKind("transformer", _train_transformer, 12,
+                             ("tsis", "itgis", "mhis", "splitting", "qld", "gld", "mc"), "enumerable"),
+    "embedding": ModelKind("embedding", train_embedding_mlp, 20,
+                           ("tsis", "itgis", "mhis", "auto", "splitting", "mc"), "enumerable_embedding"),
+}
 
 
 @dataclass(frozen=True)
@@ -51,7 +123,7 @@ class TokenCase:
 
 
 def input_distributions(unigram: Tensor, seeds: Iterable[int]) -> dict[str, Tensor]:
-    """(ctx, vocab) probability tables: the text's unigram sharpened, and random peaked ones."""
+    """(CTX, vocab) probability tables: the text's unigram (vocab,) sharpened, and random peaked ones."""
     out: dict[str, Tensor] = {}
     for power in (2.0, 4.0):
         p = unigram.double() ** power
@@ -59,21 +131,21 @@ def input_distributions(unigram: Tensor, seeds: Iterable[int]) -> dict[str, Tens
     for seed in seeds:
         g = torch.Generator().manual_seed(1000 + seed)
         for beta in (3.0, 4.5):
-            z = torch.randn(CTX, VOCAB, generator=g, dtype=torch.float64)
+            z = torch.randn(CTX, unigram.numel(), generator=g, dtype=torch.float64)
             out[f"peaked{beta:g}/s{seed}"] = torch.softmax(beta * z, 1)
     return out
 
 
-def build_cases(model_seeds: Iterable[int] = (0, 1, 2), dist_seeds: Iterable[int] = (0, 1),
+def build_cases(kind: ModelKind, model_seeds: Iterable[int] = (0, 1, 2), dist_seeds: Iterable[int] = (0, 1),
                 on_case: Callable[[str], None] | None = None) -> list[TokenCase]:
-    """Train each model, enumerate every input under every distribution."""
+    """Train each model of this kind, enumerate every input under every distribution."""
     cases = []
     for ms in model_seeds:
-        model, chars, text = train_token_transformer(ctx=CTX, vocab=VOCAB, seed=ms)
+        model, chars, text = kind.train(CTX, kind.vocab, ms)
         for dname, probs in input_distributions(chars.unigram(text), dist_seeds).items():
             dist = tg.IndependentTokens(probs.float())
             exact = exact_target_log10(model, dist.log_probs())  # of the float32 table the estimators see
-            name = f"m{ms}/{dname}"
+            name = f"{kind.name}/m{ms}/{dname}"
             cases.append(TokenCase(name, model, dist, exact))
             if on_case is not None:
                 on_case(name)
@@ -122,12 +194,13 @@ def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def markdown(summary: list[dict[str, Any]], n_targets: int, n_cases: int) -> str:
+def markdown(summary: list[dict[str, Any]], n_targets: int, n_cases: int, kind: ModelKind) -> str:
     low, high = TARGET_BAND_LOG10
     lines = [
-        "# Token estimators against exhaustive enumeration\n",
+        f"# Token estimators against exhaustive enumeration: {kind.name} models\n",
         f"{n_targets} targets with true p in [1e{low:g}, 1e{high:g}] over {n_cases} (model, distribution) "
-        f"cases; {BUDGET:,} model calls per estimate.\n",
+        f"cases; {BUDGET:,} model calls per estimate; vocabulary {kind.vocab}, context {CTX} "
+        f"({kind.vocab**CTX:,} contexts).\n",
         "| method | runs | zero estimates | median abs log10 error | median Itakura–Saito | "
         "mean Itakura–Saito | CI coverage | median seconds |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
@@ -142,7 +215,7 @@ def markdown(summary: list[dict[str, Any]], n_targets: int, n_cases: int) -> str
     return "\n".join(lines) + "\n"
 
 
-def plot(records: list[dict[str, Any]], path: Any) -> None:
+def plot(records: list[dict[str, Any]], path: Any, kind: ModelKind) -> None:
     """Estimate vs exact log10 p, one marker per method; zeros drawn at the bottom edge."""
     import matplotlib
 
@@ -160,7 +233,7 @@ def plot(records: list[dict[str, Any]], path: Any) -> None:
     ax.plot([floor, 0], [floor, 0], "k--", lw=1)
     ax.set(xlim=(low - 0.5, high + 0.5), ylim=(floor - 0.2, high + 2), xlabel="exact log10 p",
            ylabel="estimated log10 p (zeros at the bottom)",
-           title=f"Token estimators at {BUDGET:,} calls vs enumeration")
+           title=f"{kind.name} models: token estimators at {BUDGET:,} calls vs enumeration")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -168,33 +241,49 @@ def plot(records: list[dict[str, Any]], path: Any) -> None:
     plt.close(fig)
 
 
-def run_benchmark(out: Path, quick: bool = False,
-                  progress: Callable[[str], None] | None = None) -> dict[str, Path]:
-    """Enumerate the cases, run every method on every in-band target, write json/md/png to ``out``.
+def run_benchmark(out: Path, quick: bool = False, progress: Callable[[str], None] | None = None,
+                  kinds: Iterable[str] | None = None) -> dict[str, Path]:
+    """Run each model kind in ``kinds``; the paths of the first kind's files, then the others' by kind.
 
-    quick: one model, the two unigram distributions, three targets (a smoke run of half a minute).
+    kinds: None for every kind, or for a quick run the transformer kind alone (enumerating
+    the embedding kind's 3.2M contexts would take a smoke run a minute). quick: one model,
+    the two unigram distributions, three targets.
     """
+    if kinds is None:
+        kinds = ("transformer",) if quick else tuple(KINDS)
+    paths: dict[str, Path] = {}
+    for name in kinds:
+        if name not in KINDS:
+            raise tg.InvalidArgumentError(f"unknown model kind {name!r}; choose from {', '.join(KINDS)}")
+        written = run_kind(KINDS[name], out, quick, progress)
+        paths.update(written if not paths else {f"{name} {key}": path for key, path in written.items()})
+    return paths
+
+
+def run_kind(kind: ModelKind, out: Path, quick: bool = False,
+             progress: Callable[[str], None] | None = None) -> dict[str, Path]:
+    """Enumerate this kind's cases, run its methods on every in-band target, write json/md/png to ``out``."""
     say = progress or (lambda message: None)
-    cases = build_cases(model_seeds=(0,) if quick else (0, 1, 2), dist_seeds=() if quick else (0, 1),
+    cases = build_cases(kind, model_seeds=(0,) if quick else (0, 1, 2), dist_seeds=() if quick else (0, 1),
                         on_case=lambda name: say(f"enumerated {name}"))
     work = [(c, t) for c in cases for t in c.targets()]
     if quick:
         work = work[:3]
     records = []
     for i, (case, target) in enumerate(work):
-        for method in METHODS:
+        for method in kind.methods:
             rec = run_case(case, target, method, seed=i)
             records.append(rec)
             say(f"[{i + 1}/{len(work)}] {case.name} t={target} {method}: true {rec['true_log10_p']:.2f}, "
                 f"estimate {rec['estimate_log10_p']:.2f}")
     summary = summarise(records)
     out.mkdir(parents=True, exist_ok=True)
-    paths = {kind: out / f"enumerable.{ext}" for kind, ext in
+    paths = {key: out / f"{kind.stem}.{ext}" for key, ext in
              (("json", "json"), ("markdown", "md"), ("plot", "png"))}
     cases_exact = {c.name: c.exact_log10.tolist() for c in cases}
-    paths["json"].write_text(json.dumps({"summary": summary, "records": records, "cases": cases_exact},
-                                        indent=1, default=str))
-    paths["markdown"].write_text(markdown(summary, len(work), len(cases))
+    paths["json"].write_text(json.dumps({"kind": kind.name, "summary": summary, "records": records,
+                                         "cases": cases_exact}, indent=1, default=str))
+    paths["markdown"].write_text(markdown(summary, len(work), len(cases), kind)
                                  + f"\n![estimates vs exact]({paths['plot'].name})\n")
-    plot(records, paths["plot"])
+    plot(records, paths["plot"], kind)
     return paths

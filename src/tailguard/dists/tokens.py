@@ -25,8 +25,9 @@ class IndependentTokens(Distribution):
 
     ``probs``: (ctx, vocab), rows non-negative and summing to 1. It may require grad:
     ``log_prob`` then carries gradients to it. Samples are token ids, LongTensor (n, ctx).
-    Models also see one-hot encodings (n, ctx, vocab) of the model's float dtype from
-    gradient-based estimators (``itgis``); ``check_inputs`` accepts both forms.
+    Models that take them also see one-hot encodings (n, ctx, vocab) of the model's float
+    dtype from gradient-based estimators (``estimators._token_grad``); ``check_inputs``
+    accepts both forms.
     """
 
     def __init__(self, probs: Tensor):

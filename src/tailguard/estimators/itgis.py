@@ -15,12 +15,11 @@ batch and the pooled mean of w * 1[score > 0] over all batches is unbiased. The
 CI comes from the sample variance of those terms (delta method on log p); with
 no hit at all the estimate is 0 with a finite upper bound (``_zero_hit_bound``).
 
-The model must accept one-hot float inputs (n, ctx, vocab), in its own float
-dtype, as well as token ids (n, ctx), and give the same outputs for both (write
-the embedding as ``one_hot @ weight``); ``unsupported_reason`` checks this with a
-one-row forward. Each row pushed through the model, a forward pass with its
-backward pass, is one model call; the scores and the gradient of a batch come
-from the same pass.
+The gradient comes from ``_token_grad``: through one-hot float inputs when the
+model takes them, else through the ``nn.Embedding`` that looks its ids up (any
+Hugging Face model); ``unsupported_reason`` says when the model offers neither.
+Each row pushed through the model, a forward pass with its backward pass, is one
+model call; the scores and the gradient of a batch come from the same pass.
 """
 
 from __future__ import annotations
@@ -36,13 +35,13 @@ from .._logspace import ess, logmeanexp, normal_log_ci, pareto_k
 from ..dists.base import Distribution
 from ..dists.tokens import IndependentTokens
 from ..errors import InvalidArgumentError
-from ..oracle import ScoreOracle, eval_mode, model_dtype_device
+from ..oracle import ScoreOracle
 from ..specs import Spec
+from ._token_grad import require_gradient_route, token_gradient_problem
 from .base import Outcome, register
 
 #: Pareto k above which the weights are too heavy-tailed for the CI to be trusted (PSIS)
 PARETO_K_LIMIT = 0.7
-_MODEL_ERRORS = (RuntimeError, ValueError, IndexError, TypeError)
 
 
 @register
@@ -77,6 +76,7 @@ class IndependentTokenGIS:
     def run(self, oracle: ScoreOracle, budget: int, generator: torch.Generator, confidence: float) -> Outcome:
         dist = oracle.dist
         assert isinstance(dist, IndependentTokens)
+        route = require_gradient_route(self.name, oracle.model, dist)
         log_p = dist.log_probs().detach()
         g = torch.zeros_like(log_p)
         terms, bound_terms = [], []
@@ -85,14 +85,15 @@ class IndependentTokenGIS:
             n = min(self.batch_size, budget - spent)
             log_q, log_z = _proposal(log_p, g, self.temperature)
             x = torch.multinomial(torch.exp(log_q), n, replacement=True, generator=generator).T
-            s, grad = _scores_and_gradient(oracle, dist, x)
+            s, grad = route.scores_and_gradient(oracle, x)
             picked = g.gather(1, x.T).T  # (n, ctx): g_i(x_i)
             log_w = (log_z - picked / self.temperature).sum(1)
             terms.append(torch.where(s > 0, log_w, -math.inf))
             bound_terms.append(math.log(n) - _log_max_weight(log_p, g, log_z, self.temperature))
             g = self.decay * g + (1.0 - self.decay) * grad.mean(0)
             spent += n
-        return _outcome(torch.cat(terms), torch.tensor(bound_terms), confidence, self.temperature)
+        return _outcome(torch.cat(terms), torch.tensor(bound_terms), confidence,
+                        {"temperature": self.temperature, "gradient_route": route.name})
 
 
 def _proposal(log_p: Tensor, g: Tensor, temperature: float) -> tuple[Tensor, Tensor]:
@@ -111,22 +112,11 @@ def _log_max_weight(log_p: Tensor, g: Tensor, log_z: Tensor, temperature: float)
     return float((log_z - lowest / temperature).sum())
 
 
-def _scores_and_gradient(oracle: ScoreOracle, dist: IndependentTokens, x: Tensor) -> tuple[Tensor, Tensor]:
-    """Scores (n,) and their gradients with respect to the one-hot input (n, ctx, vocab), float64."""
-    one_hot = dist.one_hot(x, oracle.dtype).requires_grad_(True)
-    with eval_mode(oracle.model), torch.enable_grad():
-        s = oracle.scores_with_grad(one_hot)
-        (grad,) = torch.autograd.grad(s.sum(), one_hot)
-    return s.detach().cpu(), grad.detach().double().cpu()
-
-
-def _outcome(log_terms: Tensor, bound_terms: Tensor, confidence: float, temperature: float) -> Outcome:
+def _outcome(log_terms: Tensor, bound_terms: Tensor, confidence: float, settings: dict[str, Any]) -> Outcome:
     """Pooled estimate, CI, diagnostics and warnings from log(w * 1[s > 0]) of every draw (N,)."""
     n = log_terms.numel()
     hits = int(torch.isfinite(log_terms).sum())
-    diagnostics: dict[str, Any] = {
-        "hits": hits, "draws": n, "temperature": temperature, "n_batches": bound_terms.numel(),
-    }
+    diagnostics: dict[str, Any] = {**settings, "hits": hits, "draws": n, "n_batches": bound_terms.numel()}
     if hits == 0:
         high = _zero_hit_bound(bound_terms, confidence)
         diagnostics.update({"ess": 0.0, "pareto_k": None, "rel_se": None})
@@ -157,38 +147,3 @@ def _zero_hit_bound(bound_terms: Tensor, confidence: float) -> float:
     """
     log_quantile = math.log(math.log(2.0 / (1.0 - confidence)))
     return min(log_quantile - float(torch.logsumexp(bound_terms, 0)), 0.0)
-
-
-def token_gradient_problem(method: str, model: nn.Module, dist: Distribution, spec: Spec) -> str | None:
-    """Why an estimator that needs one-hot gradients of a graded score over tokens cannot run, or None."""
-    if not isinstance(dist, IndependentTokens):
-        return f"{method} needs IndependentTokens inputs, got {type(dist).__name__}"
-    if not spec.continuous:
-        return f"{type(spec).__name__} gives no graded score to take gradients of"
-    return _one_hot_problem(model, dist)
-
-
-def _one_hot_problem(model: nn.Module, dist: IndependentTokens) -> str | None:
-    """None if the model gives the same, differentiable outputs on one-hot inputs as on ids."""
-    dtype, device = model_dtype_device(model)
-    ids = dist.log_probs().detach().argmax(1)[None].to(device)
-    one_hot = dist.one_hot(ids, dtype).requires_grad_(True)
-    advice = ("itgis needs a model that takes one-hot float inputs (n, ctx, vocab) as well as "
-              "token ids (n, ctx), e.g. with its embedding written as one_hot @ weight")
-    with eval_mode(model), torch.enable_grad():
-        try:
-            with torch.no_grad():
-                y_ids = model(ids)
-            y_hot = model(one_hot)
-        except _MODEL_ERRORS as exc:
-            return f"the model failed on a one-hot input of shape {tuple(one_hot.shape)} ({exc}); {advice}"
-        if not isinstance(y_hot, Tensor) or not isinstance(y_ids, Tensor) or y_hot.shape != y_ids.shape:
-            return f"the model's output on one-hot inputs does not match its output on token ids; {advice}"
-        if not torch.allclose(y_hot.detach(), y_ids, rtol=1e-4, atol=1e-5):
-            return f"the model's outputs differ between one-hot inputs and the same token ids; {advice}"
-        grad = None
-        if y_hot.requires_grad:
-            (grad,) = torch.autograd.grad(y_hot.sum(), one_hot, allow_unused=True)
-    if grad is None:
-        return f"the model's output carries no gradient to its one-hot input; {advice}"
-    return None

@@ -11,7 +11,8 @@ self-normalised estimate
 over the chains' states is consistent for P_D[s > 0]. A move picks one position
 uniformly and redraws it from p_i(v) exp(g_i(v) / T), g the gradient of s with
 respect to the one-hot input at the current state (a first-order guess of each
-token's effect), and is accepted with the Metropolis-Hastings ratio that includes
+token's effect; ``_token_grad`` gets it through one-hot inputs or the model's
+``nn.Embedding``), and is accepted with the Metropolis-Hastings ratio that includes
 the reverse move's probability under the gradient at the proposed state, so the
 chain is exact for q whatever the quality of the guess.
 
@@ -43,8 +44,8 @@ from ..dists.tokens import IndependentTokens
 from ..errors import InvalidArgumentError
 from ..oracle import ScoreOracle
 from ..specs import Spec
+from ._token_grad import require_gradient_route, token_gradient_problem
 from .base import Outcome, register
-from .itgis import _scores_and_gradient, token_gradient_problem
 
 #: the temperature is kept in this range
 TEMPERATURE_RANGE = (0.02, 20.0)
@@ -85,12 +86,13 @@ class MetropolisHastingsIS:
     def run(self, oracle: ScoreOracle, budget: int, generator: torch.Generator, confidence: float) -> Outcome:
         dist = oracle.dist
         assert isinstance(dist, IndependentTokens)
+        route = require_gradient_route(self.name, oracle.model, dist)
         log_p = dist.log_probs().detach()
         pilot = dist.sample(self.pilot, generator)
         pilot_scores = oracle.scores(pilot)
         temperature = start = self.temperature or _pilot_temperature(pilot_scores)
         x = pilot[pilot_scores.argsort(descending=True)[: self.chains]]
-        s, g = _scores_and_gradient(oracle, dist, x)
+        s, g = route.scores_and_gradient(oracle, x)
         steps = (budget - self.pilot - self.chains) // self.chains
         kept_s, accepted, recent_hits = [], 0, 0.0
         burn_in = int(self.burn_in * steps)
@@ -99,7 +101,7 @@ class MetropolisHastingsIS:
                 temperature = _adapted(temperature, recent_hits / (ADAPT_EVERY * self.chains), start)
                 recent_hits = 0.0
             x_new, log_forward = _propose(x, g, log_p, temperature, generator)
-            s_new, g_new = _scores_and_gradient(oracle, dist, x_new)
+            s_new, g_new = route.scores_and_gradient(oracle, x_new)
             log_reverse = _move_log_prob(x_new, x, g_new, log_p, temperature)
             log_target_ratio = (dist.log_prob(x_new) - dist.log_prob(x)) + (s_new - s) / temperature
             accept = torch.rand(x.shape[0], generator=generator, dtype=torch.float64).log() < (
@@ -113,6 +115,7 @@ class MetropolisHastingsIS:
                 kept_s.append(s)
         states = torch.stack(kept_s, 1) if kept_s else s[:, None]  # (chains, kept steps)
         diagnostics = {"temperature": temperature, "chains": self.chains, "steps": steps,
+                       "gradient_route": route.name,
                        "acceptance": accepted / max(steps * self.chains, 1),
                        "hits": int((states > 0).sum()), "pilot_hits": int((pilot_scores > 0).sum())}
         return _ratio_outcome(states, temperature, confidence, diagnostics)

@@ -13,7 +13,7 @@ around them, in three stages:
    found (``expand_found``). Every context the search scores with s > 0 joins the found
    set S; each is scored once.
 2. **Adaptation** (``adapt_share``). Batches from the mixture proposal below;
-   new hits join S and the gradient tilt is updated as in ``itgis``.
+   new hits join S and the tilt is updated as in ``itgis``.
 3. **Estimation** (the rest), with S and the proposal frozen:
 
        P[C] = p(S) + E_q[ (p(x) / q(x)) 1[s(x) > 0] 1[x not in S] ],
@@ -30,10 +30,19 @@ nearly all of P[C]: there p(S) is within 1e-6 of the exact value for most target
 
 The proposal q is a mixture of product distributions, each a (ctx, vocab) table:
 D itself (share ``defensive``, so every weight is at most 1 / defensive), the
-``itgis`` gradient tilt, and, for each of the most probable found triggers x*,
+``itgis`` tilt, and, for each of the most probable found triggers x*,
 "neighbourhoods" that keep each token x*_i with probability 1 - e and redraw it
 from D with probability e (e in NEIGHBOURHOOD_SPREADS), which reach the
 triggers that differ from x* in a few positions.
+
+The tilt, and the ranking of single-token changes when the vocabulary has more
+than ``candidates`` + 1 tokens, follow a guide (``_trigger_search``): the gradient
+of the score with respect to the one-hot input when the model gives one
+(``_token_grad``: one-hot inputs or an ``nn.Embedding``), else, or with
+``gradient=False``, the gradient-free main effects of the tokens on the scores seen
+so far. Nothing else depends on it: the estimate stays unbiased and its CI valid on
+a black-box model, which only finds its triggers less directly. The diagnostics
+name the guide ("guide") and, for the gradient-free path, why ("gradient_free_because").
 
 One model call is one row through the model (a backward pass, where the
 adaptation batches need the gradient, costs no extra call).
@@ -55,9 +64,18 @@ from ..dists.tokens import IndependentTokens
 from ..errors import InvalidArgumentError
 from ..oracle import ScoreOracle
 from ..specs import Spec
-from ._trigger_search import FoundSet, ScoreCache, beam_search, expand_found
+from ._token_grad import gradient_route, token_input_problem
+from ._trigger_search import (
+    FoundSet,
+    GradientGuide,
+    Guide,
+    ScoreEffects,
+    TriggerSearch,
+    beam_search,
+    expand_found,
+)
 from .base import Outcome, register
-from .itgis import PARETO_K_LIMIT, _proposal, _scores_and_gradient, token_gradient_problem
+from .itgis import PARETO_K_LIMIT, _proposal
 
 #: chance that a neighbourhood component redraws each position of its trigger from D
 NEIGHBOURHOOD_SPREADS = (0.2, 0.5)
@@ -78,8 +96,9 @@ class TriggerSeededIS:
     ``beam_width`` contexts in the search beam; ``candidates`` tokens tried per
     position and step (every token when the vocabulary has at most candidates + 1);
     ``components`` found triggers that seed neighbourhoods; ``defensive`` share of D
-    in the proposal; ``temperature`` of the gradient tilt; ``batch_size`` draws per
-    adaptation batch.
+    in the proposal; ``temperature`` of the tilt; ``batch_size`` draws per
+    adaptation batch; ``gradient``: follow the score's gradient when the model gives
+    one (False: the gradient-free guide even then).
     """
 
     name: ClassVar[str] = "tsis"
@@ -91,6 +110,7 @@ class TriggerSeededIS:
     defensive: float = 0.1
     temperature: float = 0.15
     batch_size: int = 256
+    gradient: bool = True
 
     def __post_init__(self) -> None:
         shares = {"search_share": self.search_share, "adapt_share": self.adapt_share}
@@ -110,9 +130,11 @@ class TriggerSeededIS:
             raise InvalidArgumentError(f"defensive must be in (0, 1), got {self.defensive}")
         if not self.temperature > 0.0:
             raise InvalidArgumentError(f"temperature must be > 0, got {self.temperature}")
+        if not isinstance(self.gradient, bool):
+            raise InvalidArgumentError(f"gradient must be True or False, got {self.gradient!r}")
 
     def unsupported_reason(self, model: nn.Module, dist: Distribution, spec: Spec) -> str | None:
-        return token_gradient_problem(self.name, model, dist, spec)
+        return token_input_problem(self.name, dist, spec)
 
     def min_budget(self) -> int:
         return 4 * self.batch_size
@@ -121,23 +143,21 @@ class TriggerSeededIS:
     def run(self, oracle: ScoreOracle, budget: int, generator: torch.Generator, confidence: float) -> Outcome:
         dist = oracle.dist
         assert isinstance(dist, IndependentTokens)
-        log_p = dist.log_probs().detach()
-        found, cache = FoundSet(log_p), ScoreCache()
+        guide, free_because = self._guide(oracle.model, dist)
+        search = TriggerSearch(oracle, dist, guide, self.candidates)
         search_budget = int(self.search_share * budget)
-        beam_budget = int(BEAM_SHARE * search_budget)
-        search_calls = beam_search(oracle, dist, found, cache, beam_budget, self.beam_width, self.candidates,
-                                   generator)
-        search_calls += expand_found(oracle, dist, found, cache, search_budget - search_calls,
-                                     self.components, self.candidates)
+        beam_search(search, int(BEAM_SHARE * search_budget), self.beam_width, generator)
+        expand_found(search, search_budget, self.components)
+        log_p, found = search.log_p, search.found
         g = torch.zeros_like(log_p)
-        spent = search_calls
+        spent = search_calls = search.spent
         adapt_end = spent + int(self.adapt_share * budget)
         while adapt_end - spent >= self.batch_size:
             mixture = self._mixture(log_p, g, found)
             x = mixture.sample(self.batch_size, generator)
-            s, grad = _scores_and_gradient(oracle, dist, x)
+            s, g_batch = guide.scores(oracle, x)
             found.add(x, s)
-            g = 0.9 * g + 0.1 * grad.mean(0)
+            g = 0.9 * g + 0.1 * g_batch
             spent += self.batch_size
         mixture = self._mixture(log_p, g, found)
         n = budget - spent
@@ -149,12 +169,23 @@ class TriggerSeededIS:
         found.add(x, s)
         diagnostics = {"search_calls": search_calls, "found_triggers": len(found), "draws": n,
                        "log10_found_mass": found_mass / math.log(10),
-                       "proposal_components": mixture.weights.numel()}
+                       "proposal_components": mixture.weights.numel(), "guide": guide.path}
+        if free_because is not None:
+            diagnostics["gradient_free_because"] = free_because
         return _outcome(found_mass, log_terms, seen_once, found.log_mass(), math.log(1.0 / self.defensive),
                         confidence, diagnostics)
 
+    def _guide(self, model: nn.Module, dist: IndependentTokens) -> tuple[Guide, str | None]:
+        """The gradient guide where a gradient is given and wanted, else the gradient-free one, and why."""
+        if not self.gradient:
+            return ScoreEffects(dist.ctx, dist.vocab), "asked for (gradient=False)"
+        route = gradient_route(model, dist)
+        if isinstance(route, str):
+            return ScoreEffects(dist.ctx, dist.vocab), route
+        return GradientGuide(route), None
+
     def _mixture(self, log_p: Tensor, g: Tensor, found: FoundSet) -> ProductMixture:
-        """D, the gradient tilt and neighbourhoods of the most probable found triggers, as one mixture."""
+        """D, the tilt and neighbourhoods of the most probable found triggers, as one mixture."""
         log_tilt, _ = _proposal(log_p, g, self.temperature)
         triggers, log_masses = found.top(self.components)
         tables, weights = [log_p, log_tilt], [self.defensive]
