@@ -19,7 +19,7 @@ from tailguard.bench.runner import run_one
 RECORD_FIELDS = {
     "method", "case", "family", "true_log10_p", "truth_ci_log10", "truth_source", "budget",
     "seed", "status", "reason", "estimate_log10_p", "ci_log10", "covered", "abs_log10_error",
-    "model_calls", "seconds", "heuristic", "warnings",
+    "model_calls", "seconds", "heuristic", "trusted", "warnings",
 }
 
 
