@@ -255,11 +255,12 @@ def needle_case(target_log10_p: float, d: int = 16, n_points: int = 1000, radius
     """
     g = torch.Generator().manual_seed(seed)
     points, w = _needle_points(n_points, d, radius, g)
+    dist = NoisyEmpirical(points, torch.tensor(sigma, dtype=torch.float64))  # not float32 0.1
     proj = points @ w
     t = _root(lambda s: needle_log10_p(proj, s, sigma), target_log10_p, float(proj.min()),
               radius + 40 * sigma, "needle")
     model = nn.Sequential(_affine(w[None, :], torch.tensor([-t], dtype=torch.float64)))
-    return _exact(f"d{d}-{_label(target_log10_p)}", "needle", model, NoisyEmpirical(points, sigma),
+    return _exact(f"d{d}-{_label(target_log10_p)}", "needle", model, dist,
                   OutputAbove(0, 0.0), needle_log10_p(proj, t, sigma),
                   f"exact: mean over {n_points} components of Phi((w.c_k - t) / sigma)")
 
