@@ -64,7 +64,7 @@ def test_auto_covers_the_heavy_region_that_levels_miss():
         assert abs(est.log10_p - truth) < 0.1
 
 
-def test_a_model_that_never_fails_gets_a_proven_bound_near_plain_samplings():
+def test_a_model_that_never_fails_gets_a_bound_as_tight_as_plain_sampling():
     class Never(nn.Module):
         def forward(self, x):
             return -1.0 - (x.double() ** 2).sum(1, keepdim=True)
@@ -73,5 +73,5 @@ def test_a_model_that_never_fails_gets_a_proven_bound_near_plain_samplings():
     est = tg.estimate(Never(), dist, tg.OutputAbove(0, 0.0), budget=50_000, seed=0)
     plain = tg.estimate(Never(), dist, tg.OutputAbove(0, 0.0), method="mc", budget=50_000, seed=0)
     assert est.log10_p == -math.inf
-    assert est.ci_log10[1] <= plain.ci_log10[1] + 0.3  # about half the calls are plain draws
+    assert est.ci_log10[1] <= plain.ci_log10[1] + 0.02  # the search costs a few per cent of the calls
     assert est.trusted and "draws of D" in est.assumes

@@ -76,8 +76,7 @@ def run_auto(
         return "mc", replace(total, diagnostics={**total.diagnostics, "pilot_hits": hits})
     left = budget - pilot_draws
     if rare == "cross-check":
-        outcome = _cross_check(oracle, left, generator, confidence, pilot, pilot_draws)
-        return "auto(is+splitting)", outcome
+        return _cross_check(oracle, left, generator, confidence, pilot, pilot_draws)
     single = build(rare, {}).run(oracle, left, generator, confidence)
     outcome = _policy.combine([_policy.Candidate(rare, single)], pilot, pilot_draws, confidence)
     return rare, outcome
@@ -90,17 +89,22 @@ def _cross_checkable(model: nn.Module, dist: Distribution, spec: Spec) -> bool:
 
 
 def _cross_check(oracle: ScoreOracle, budget: int, generator: torch.Generator, confidence: float,
-                 pilot: Outcome, pilot_draws: int) -> Outcome:
-    """Importance sampling and splitting on shares of ``budget``, combined by the interval policy."""
+                 pilot: Outcome, pilot_draws: int) -> tuple[str, Outcome]:
+    """Importance sampling and splitting on shares of ``budget``, combined by the interval policy.
+
+    Returns the method reported ("is+splitting", or "mc" when nothing was found to estimate).
+    """
     high_dim = oracle.dist.dim >= HIGH_DIMENSION
     is_budget = int((IS_SHARE[1] if high_dim else IS_SHARE[0]) * budget)
     split_budget = budget - is_budget
     splitting = Splitting(n_repeats=5 if split_budget < FEW_REPEATS_BELOW else 10)
     importance = ImportanceSampling()
-    is_outcome = importance.run(oracle, is_budget, generator, confidence)
-    if pilot.diagnostics["hits"] == 0 and is_outcome.diagnostics.get("hits", 0) == 0 \
-            and is_outcome.diagnostics.get("mode_search_catastrophic_chains", 1) == 0:
-        return _nothing_found(oracle, split_budget, generator, confidence, pilot)
+    start = oracle.n_calls
+    found = importance.search_modes(oracle, is_budget, generator)
+    if pilot.diagnostics["hits"] == 0 and found is not None and found.catastrophic_chains == 0:
+        return "mc", _nothing_found(oracle, budget - (oracle.n_calls - start), generator, confidence, pilot)
+    is_left = is_budget - (oracle.n_calls - start)
+    is_outcome = importance.run_from(oracle, is_left, generator, confidence, found)
     candidates = [_policy.Candidate("is", is_outcome)]
     if split_budget >= splitting.min_budget():
         start = oracle.n_calls
@@ -110,21 +114,22 @@ def _cross_check(oracle: ScoreOracle, budget: int, generator: torch.Generator, c
     else:
         leftover = split_budget
     outcome = _policy.combine(candidates, pilot, pilot_draws, confidence)
-    return replace(outcome, diagnostics={**outcome.diagnostics, "unspent_calls": leftover})
+    return "is+splitting", replace(outcome, diagnostics={**outcome.diagnostics, "unspent_calls": leftover})
 
 
 def _nothing_found(oracle: ScoreOracle, budget: int, generator: torch.Generator, confidence: float,
                    pilot: Outcome) -> Outcome:
-    """No catastrophe in the pilot, the mode search or importance sampling: plain sampling for the rest.
+    """No catastrophe in the pilot nor anywhere the mode search looked: plain sampling for the rest.
 
-    Splitting would then most likely return a heuristic bound; more plain draws, pooled
-    with the pilot's, give a proven one.
+    Rare-event methods would then most likely return heuristic bounds; more plain draws,
+    pooled with the pilot's, give a proven one nearly as tight as plain sampling with the
+    whole budget (the search costs a few per cent of it).
     """
     rest = MonteCarlo().run(oracle, budget, generator, confidence)
     draws = pilot.diagnostics["draws"] + rest.diagnostics["draws"]
     total = counts_outcome(pilot.diagnostics["hits"] + rest.diagnostics["hits"], draws, confidence)
-    note = (f"neither the failure-mode search (up to {max(START_RADII)} standard deviations out) nor "
-            "importance sampling found a catastrophic input, so splitting's share went to plain sampling")
+    note = (f"the failure-mode search (up to {max(START_RADII)} standard deviations out) found no "
+            "catastrophic input, so the rest of the budget went to plain sampling")
     return replace(total, warnings=(*total.warnings, note),
                    assumes=f"nothing: an exact binomial interval from {draws:,} draws of D")
 

@@ -8,10 +8,11 @@ tied to a centre of D (the origin of whitened coordinates for a Gaussian D, each
 point for a noisy empirical D), look for the catastrophic input nearest to their centre
 in D's own units, that is, the most probable catastrophic input of that piece of D.
 
-Each chain takes damped Hasofer-Lind-Rackwitz-Fiessler steps (the design-point search
-of FORM; Rackwitz & Fiessler 1978, Zhang & Der Kiureghian 1995): linearise the score
-at the current point and move towards the nearest point of the linearised failure set,
-aimed a little inside it. The step uses only the ratio of the score to its gradient, so
+Each chain linearises the score where it is and steps towards the linearised failure
+set, aimed a little inside it: from outside, to its nearest point (a Newton step that
+keeps the conditions already met); from inside, towards its point nearest the centre
+(the Hasofer-Lind-Rackwitz-Fiessler step of FORM's design-point search; Rackwitz &
+Fiessler 1978, Zhang & Der Kiureghian 1995). The step uses only the ratio of the score to its gradient, so
 it does not care how the score is scaled, which is what defeats level-following
 methods when two regions have scores of very different scales. Chains start at
 several radii around their centre (overdispersed starts reach regions whose gradient
@@ -123,7 +124,7 @@ def search(oracle: ScoreOracle, space: BaseSpace, budget: int, generator: torch.
         if grad is None or oracle.n_calls - start_calls + n_chains * (1 + RAY_STEPS) > budget:
             break
         moved |= (grad != 0).any(1)
-        u = _hlrf_step(u, s, grad)
+        u = _step(u, s, grad)
     # a chain that never had a gradient (a plateau of the score) only holds a random
     # catastrophic start, far from the most probable ones: a poor seed for a proposal
     catastrophic = int(torch.isfinite(best_log_p).sum())
@@ -170,18 +171,23 @@ def _score_and_grad(oracle: ScoreOracle, space: BaseSpace, z: Tensor) -> tuple[T
     return s.detach(), grad.detach()
 
 
-def _hlrf_step(u: Tensor, s: Tensor, grad: Tensor) -> Tensor:
-    """A damped HLRF step towards the nearest point of the linearised set {s > 0} (n, d).
+def _step(u: Tensor, s: Tensor, grad: Tensor) -> Tensor:
+    """One damped step of each chain towards the linearised failure set (n, d).
 
-    Target: u* = g (g.u - s + tau) / |g|^2, the foot of the perpendicular from the centre
-    to the hyperplane s + g.(v - u) = tau, with tau = OVERSHOOT |g| (a little inside).
-    Chains with no gradient stay where they are.
+    Linearised, the set {s > tau} is a half-space {s + g.(v - u) > tau}, with tau =
+    OVERSHOOT |g| (aiming a little inside). Outside the event a chain moves to the
+    half-space's nearest point from where it is (a Newton step): that keeps what it
+    already has, which matters when the score is a min over conditions (an AND). Inside,
+    it moves towards the half-space's nearest point from the centre (the HLRF step of
+    FORM): towards the most probable failure. Chains with no gradient stay.
     """
     norm2 = (grad**2).sum(1)
     ok = norm2 > 0
     tau = OVERSHOOT * torch.sqrt(norm2)
-    coef = torch.where(ok, ((grad * u).sum(1) - s + tau) / norm2.clamp_min(1e-300), torch.zeros_like(s))
-    target = coef[:, None] * grad
+    safe = norm2.clamp_min(1e-300)
+    towards_event = u + ((tau - s) / safe)[:, None] * grad
+    from_centre = (((grad * u).sum(1) - s + tau) / safe)[:, None] * grad
+    target = torch.where((s > 0)[:, None], from_centre, towards_event)
     return torch.where(ok[:, None], u + DAMPING * (target - u), u)
 
 
