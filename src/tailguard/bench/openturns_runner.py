@@ -14,6 +14,8 @@ the main run then takes N = (budget - pilot calls) / (steps + 2). A stop callbac
 interrupts any run whose next block would exceed the budget; then (or if the main
 run fails) the pilot's estimate is reported, with a warning. OpenTURNS has one
 global random generator; it is seeded from the run's seed before each run.
+``run_event`` is that budget logic on any OpenTURNS event with any call counter,
+so that OpenTURNS' own problems (``reliability.py``) are run the same way.
 """
 
 from __future__ import annotations
@@ -85,54 +87,74 @@ def _algorithm(ot: Any, method: str, event: Any, n: int) -> Any:
     return algo
 
 
-def _run_once(ot: Any, method: str, event: Any, n: int, oracle: ScoreOracle,
+def _run_once(ot: Any, method: str, event: Any, n: int, calls: Callable[[], int],
               budget: int, seed: int) -> dict[str, Any] | str:
     """One run with n per step, or a sentence saying why it gave no result."""
     ot.RandomGenerator.SetSeed(seed)
-    start_calls = oracle.n_calls
+    start_calls = calls()
     algo = _algorithm(ot, method, event, n)
-    stop: Callable[[], bool] = lambda: oracle.n_calls + n > budget  # noqa: E731
+    stop: Callable[[], bool] = lambda: calls() + n > budget  # noqa: E731
     algo.setStopCallback(stop)  # the reference must outlive run()
     try:
         algo.run()
     except (RuntimeError, TypeError, ValueError) as exc:  # what OpenTURNS' errors map to
-        if oracle.n_calls + n > budget:
-            return f"stopped before exceeding the budget after {oracle.n_calls:,} calls"
+        if calls() + n > budget:
+            return f"stopped before exceeding the budget after {calls():,} calls"
         return f"OpenTURNS failed with N = {n}: {str(exc).strip()}"
     result = algo.getResult()
     return {"p": float(result.getProbabilityEstimate()),
             "cov": float(result.getCoefficientOfVariation()),
             "steps": int(algo.getStepsNumber()), "n_per_step": n,
-            "calls": oracle.n_calls - start_calls}
+            "calls": calls() - start_calls}
 
 
 def run_openturns(method: str, model: nn.Module, dist: Distribution, spec: Spec, budget: int,
                   seed: int, confidence: float = 0.95) -> Estimate:
     """Estimate P[C] with OpenTURNS ``method`` ("openturns-subset" or "openturns-ce")."""
-    if method not in OT_METHODS:
-        raise UnsupportedError(f"method {method!r} is not one of {', '.join(OT_METHODS)}")
     reason = unsupported_reason(dist)
     if reason is not None:
         raise UnsupportedError(reason)
+    assert isinstance(dist, Gaussian)
+    _check_request(method, budget)
+    ot = require_extra("openturns", "bench")
+    oracle = ScoreOracle(model, dist, spec)
+    return run_event(method, _event(ot, oracle, dist), lambda: oracle.n_calls, budget, seed,
+                     confidence)
+
+
+def _check_request(method: str, budget: int) -> None:
+    """Raise unless ``method`` is an OpenTURNS baseline and ``budget`` can pay for its pilot."""
+    if method not in OT_METHODS:
+        raise UnsupportedError(f"method {method!r} is not one of {', '.join(OT_METHODS)}")
     if budget < MIN_BUDGET:
         raise BudgetError(f"budget {budget:,} is too small for {method}; it needs {MIN_BUDGET:,}")
+
+
+def run_event(method: str, event: Any, calls: Callable[[], int], budget: int, seed: int,
+              confidence: float = 0.95) -> Estimate:
+    """``method`` on any ot.ThresholdEvent, spending at most ``budget`` calls as counted by ``calls()``.
+
+    The budget logic shared by tailguard's cases (``run_openturns``) and OpenTURNS' own
+    reliability problems (``reliability.py``): pilot, main run, the pilot as fall-back.
+    ``calls()`` returns the function evaluations spent so far, by whatever counts them.
+    """
+    _check_request(method, budget)
     ot = require_extra("openturns", "bench")
-    assert isinstance(dist, Gaussian)
     started = time.perf_counter()
-    oracle = ScoreOracle(model, dist, spec)
-    event = _event(ot, oracle, dist)
-    pilot = _run_once(ot, method, event, max(250, budget // 50), oracle, budget, seed)
+    first_call = calls()
+    spent: Callable[[], int] = lambda: calls() - first_call  # noqa: E731
+    pilot = _run_once(ot, method, event, max(250, budget // 50), spent, budget, seed)
     if isinstance(pilot, str):
         raise OpenTurnsFailure(f"{method} pilot run: {pilot}")
     warnings: list[str] = []
-    n_main = (budget - oracle.n_calls) // (pilot["steps"] + 2)
+    n_main = (budget - spent()) // (pilot["steps"] + 2)
     main: dict[str, Any] | str = "too little budget left after the pilot"
     if n_main >= 100:
-        main = _run_once(ot, method, event, n_main, oracle, budget, seed + 1)
+        main = _run_once(ot, method, event, n_main, spent, budget, seed + 1)
     if isinstance(main, str):
         warnings.append(f"main run: {main}; the pilot's estimate is given")
         main = pilot
-    return _estimate(method, main, pilot, oracle.n_calls, time.perf_counter() - started,
+    return _estimate(method, main, pilot, spent(), time.perf_counter() - started,
                      seed, confidence, warnings)
 
 
