@@ -52,7 +52,7 @@ from ..result import Estimate
 from ..specs import OutputAbove
 from .cases import Case
 from .openturns_runner import OT_METHODS, OpenTurnsFailure, run_event
-from .runner import Record, _base_record, _fill
+from .runner import Record, base_record, fill_record
 
 FORM_METHOD = "openturns-form"
 RELIABILITY_METHODS = (*OT_METHODS, FORM_METHOD)
@@ -574,7 +574,7 @@ def run_openturns_reliability(problem_name: str, method: str, budget: int, seed:
     if method not in RELIABILITY_METHODS:
         raise InvalidArgumentError(
             f"method must be one of {', '.join(RELIABILITY_METHODS)}, got {method!r}")
-    record = _base_record(method, reliability_case(problem_name), budget, seed)
+    record = base_record(method, reliability_case(problem_name), budget, seed)
     event = openturns_event(problem_name)
     try:
         if method == FORM_METHOD:
@@ -587,4 +587,4 @@ def run_openturns_reliability(problem_name: str, method: str, budget: int, seed:
     except TailguardError as exc:
         record.update(status="error", reason=f"{type(exc).__name__}: {exc}")
         return record
-    return _fill(record, est)
+    return fill_record(record, est)

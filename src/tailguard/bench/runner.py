@@ -67,7 +67,7 @@ def preset_cases(name: str) -> list[Case]:
     return [build_case(fam, t) for fam, t in PRESETS[name].cases]
 
 
-def _base_record(method: str, case: Case, budget: int, seed: int) -> Record:
+def base_record(method: str, case: Case, budget: int, seed: int) -> Record:
     return {
         "method": method, "case": case.name, "family": case.family,
         "true_log10_p": case.true_log10_p, "truth_ci_log10": list(case.truth_ci_log10),
@@ -78,7 +78,7 @@ def _base_record(method: str, case: Case, budget: int, seed: int) -> Record:
     }
 
 
-def _fill(record: Record, est: Estimate) -> Record:
+def fill_record(record: Record, est: Estimate) -> Record:
     """Add an estimate's numbers and its accuracy against the case's truth."""
     low, high = est.ci_log10
     truth = record["true_log10_p"]
@@ -94,7 +94,7 @@ def _fill(record: Record, est: Estimate) -> Record:
 
 def run_one(method: str, case: Case, budget: int, seed: int) -> Record:
     """One (method, case, budget, seed) run as a record."""
-    record = _base_record(method, case, budget, seed)
+    record = base_record(method, case, budget, seed)
     try:
         if method in OT_METHODS:
             reason = ot_unsupported_reason(case.dist)
@@ -109,7 +109,7 @@ def run_one(method: str, case: Case, budget: int, seed: int) -> Record:
     except TailguardError as exc:
         record.update(status="error", reason=f"{type(exc).__name__}: {exc}")
         return record
-    return _fill(record, est)
+    return fill_record(record, est)
 
 
 def _tasks(methods: Sequence[str], cases: Sequence[Case], budgets: Sequence[int],
