@@ -171,7 +171,7 @@ def run_case(case: TokenCase, target: int, method: str, seed: int, budget: int =
         "covered": bool(low <= truth <= high), "zero": bool(math.isinf(est.log10_p)),
         "abs_log10_error": abs(est.log10_p - truth), "itakura_saito": itakura_saito(truth, est.log10_p),
         "model_calls": est.n_model_calls, "seconds": time.perf_counter() - start,
-        "heuristic": est.heuristic,
+        "heuristic": est.heuristic, "trusted": est.trusted,
     }
 
 
@@ -188,10 +188,22 @@ def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "median_itakura_saito": losses[len(losses) // 2],
             "mean_itakura_saito": sum(losses) / len(losses),
             "coverage": sum(r["covered"] for r in rs) / len(rs),
-            "median_seconds": sorted(r["seconds"] for r in rs)[len(rs) // 2],
+            "trusted": sum(r["trusted"] for r in rs) / len(rs),
+            "coverage_when_trusted": _share([r["covered"] for r in rs if r["trusted"]]),
+            "median_ci_width_log10": _median([r["ci_log10"][1] - r["ci_log10"][0] for r in rs]),
+            "median_seconds": _median([r["seconds"] for r in rs]),
             "heuristic": any(r["heuristic"] for r in rs),
         })
     return rows
+
+
+def _share(flags: list[bool]) -> float | None:
+    """The share of True among flags, None when there are none."""
+    return sum(flags) / len(flags) if flags else None
+
+
+def _median(values: list[float]) -> float:
+    return sorted(values)[len(values) // 2]
 
 
 def markdown(summary: list[dict[str, Any]], n_targets: int, n_cases: int, kind: ModelKind) -> str:
@@ -202,15 +214,19 @@ def markdown(summary: list[dict[str, Any]], n_targets: int, n_cases: int, kind: 
         f"cases; {BUDGET:,} model calls per estimate; vocabulary {kind.vocab}, context {CTX} "
         f"({kind.vocab**CTX:,} contexts).\n",
         "| method | runs | zero estimates | median abs log10 error | median Itakura–Saito | "
-        "mean Itakura–Saito | CI coverage | median seconds |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "mean Itakura–Saito | CI coverage | trusted | coverage when trusted | median CI width (decades) "
+        "| median seconds |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in summary:
         name = r["method"] + (" (heuristic)" if r["heuristic"] else "")
+        covered = r["coverage_when_trusted"]
+        when_trusted = "–" if covered is None else f"{100 * covered:.0f} %"
         lines.append(
             f"| {name} | {r['runs']} | {100 * r['zero_fraction']:.0f} % | {r['median_abs_log10_error']:.2f} "
             f"| {r['median_itakura_saito']:.3g} | {r['mean_itakura_saito']:.3g} "
-            f"| {100 * r['coverage']:.0f} % | {r['median_seconds']:.1f} |"
+            f"| {100 * r['coverage']:.0f} % | {100 * r['trusted']:.0f} % | {when_trusted} "
+            f"| {r['median_ci_width_log10']:.2f} | {r['median_seconds']:.1f} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -134,7 +134,8 @@ def _outcome(log_terms: Tensor, bound_terms: Tensor, confidence: float, settings
     if k_hat > PARETO_K_LIMIT:
         warnings = (f"importance weights are heavy-tailed (Pareto k = {k_hat:.2f} > {PARETO_K_LIMIT}): "
                     "the CI cannot be trusted",)
-    return Outcome(log_p, normal_log_ci(log_p, rel_se, confidence), diagnostics, warnings)
+    return Outcome(log_p, normal_log_ci(log_p, rel_se, confidence), diagnostics, warnings,
+                   trusted=not warnings, assumes="importance weights of finite variance (a normal interval)")
 
 
 def _zero_hit_bound(bound_terms: Tensor, confidence: float) -> float:

@@ -201,4 +201,5 @@ def _ratio_outcome(states: Tensor, temperature: float, confidence: float,
         warnings = (f"the estimate rests on few states ({int((num > 0).sum())} chains reached a catastrophe, "
                     f"ESS of the weights exp(-s/T) {weights_ess:.0f}): the CI cannot be trusted",)
     return Outcome(log_p, normal_log_ci(log_p, rel_se, confidence), {**diagnostics, "rel_se": rel_se},
-                   warnings)
+                   warnings, trusted=not warnings,
+                   assumes="chains that mixed, taken as independent replicates of the ratio estimate")
