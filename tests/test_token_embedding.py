@@ -224,3 +224,21 @@ def test_auto_says_why_tsis_was_refused_and_bounds_the_zero(refused):
     high = est.ci_log10[1]  # Clopper-Pearson with no hit in n draws: 1 - 0.025^(1/n)
     assert math.isfinite(high) and truth < high
     assert high == pytest.approx(math.log10(1 - 0.025 ** (1 / budget)), abs=1e-9)
+
+
+def test_a_model_may_change_its_embeddings_in_place():
+    class InPlace(LookupMLP):
+        def forward(self, x):
+            e = self.embed(x)
+            e[:, 0] *= 2.0
+            return self.head(e)
+
+    model = InPlace(0)
+    dist = tg.IndependentTokens(peaked_probs(0.1, 2))
+    x = dist.sample(3, torch.Generator().manual_seed(0))
+    _, g = embedding_route(model, dist).scores_and_gradient(ScoreOracle(model, dist, tg.ClassIs(1)), x)
+    one_hot = nn.functional.one_hot(x, VOCAB).float().requires_grad_(True)
+    e = one_hot @ model.embed.weight
+    logits = model.head(torch.cat([2.0 * e[:, :1], e[:, 1:]], 1))
+    (expected,) = torch.autograd.grad(tg.ClassIs(1).score(x, logits).sum(), one_hot)
+    assert torch.allclose(g, expected.double(), atol=1e-5)

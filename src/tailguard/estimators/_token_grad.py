@@ -127,7 +127,7 @@ def _holds(ids: Any, x: Tensor, offset: int) -> bool:
 @contextmanager
 def _gradient_leaves(sites: tuple[EmbeddingSite, ...],
                      x: Tensor) -> Iterator[list[tuple[EmbeddingSite, Tensor]]]:
-    """While open, a site's lookup that receives x outputs a fresh leaf instead (same values), recorded."""
+    """While open, a site's lookup that receives x outputs (a copy of) a fresh leaf with the same values."""
     leaves: list[tuple[EmbeddingSite, Tensor]] = []
     by_module: dict[nn.Module, list[EmbeddingSite]] = {}
     for site in sites:
@@ -139,7 +139,7 @@ def _gradient_leaves(sites: tuple[EmbeddingSite, ...],
             return None
         leaf = output.detach().requires_grad_(True)
         leaves.extend((site, leaf) for site in fed)
-        return leaf
+        return leaf.clone()  # a copy, so that the model may still change its embeddings in place
 
     handles = [module.register_forward_hook(hook) for module in by_module]
     try:
