@@ -49,7 +49,8 @@ def test_an_untrusted_method_is_only_evidence_of_at_least_its_estimate():
     assert out.trusted and out.ci == combine([Candidate("splitting", good)], pilot(), 10_000, CONF).ci
     above = result(-6.0, 0.1, trusted=False)
     widened = combine([Candidate("is", above), Candidate("splitting", good)], pilot(), 10_000, CONF)
-    assert not widened.trusted and widened.log_p == above.log_p and widened.ci[0] <= good.ci[0]
+    assert not widened.trusted and widened.log_p == good.log_p  # degenerate weights overestimate too
+    assert widened.ci[0] <= good.ci[0] and widened.ci[1] >= above.log_p
 
 
 def test_the_pilots_exact_interval_is_never_dropped():
@@ -67,3 +68,12 @@ def test_nothing_found_gives_the_proven_bound_with_its_source():
     assert out.log_p == -math.inf
     assert out.ci[1] == binomial_log_ci(0, 20_000, CONF)[1]  # not the heuristic -40
     assert "20,000" in out.assumes
+
+
+def test_a_sharper_unusable_estimate_inside_the_interval_becomes_the_point():
+    wide = result(-6.0, 30.0)  # a usable but very wide interval
+    sharp = result(-6.8, 0.05, trusted=False)  # heavy-tailed, so its upper end is not relied on
+    out = combine([Candidate("is", sharp), Candidate("splitting", wide)], pilot(), 10_000, CONF)
+    alone = combine([Candidate("splitting", wide)], pilot(), 10_000, CONF)
+    assert out.log_p == sharp.log_p
+    assert out.ci == alone.ci and out.trusted

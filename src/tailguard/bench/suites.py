@@ -44,7 +44,7 @@ def _run(suite: str, method: str, case: Case, budget: int, seed: int) -> Record:
     if suite == "reliability" and method.startswith("openturns"):
         from .reliability import run_openturns_reliability
 
-        record = run_openturns_reliability(case.name, method, budget, seed)
+        record = run_openturns_reliability(case.name.removeprefix("reliability/"), method, budget, seed)
         record.setdefault("trusted", None)
         return record
     return run_one(method, case, budget, seed)
@@ -136,17 +136,12 @@ def markdown(suite: str, records: Sequence[Record], config: dict[str, Any]) -> s
 
 def write_suite_report(suite: str, records: Sequence[Record], folder: str | Path,
                        config: dict[str, Any]) -> dict[str, Path]:
-    """``<suite>.json`` (every record, summary, provenance) and ``<suite>.md`` under ``folder``."""
-    import json
-
-    from ..result import _encode
-    from .report import git_revision, versions
+    """``<suite>``.{json,jsonl,md,html} under ``folder``: every record, summary, provenance, tables, page."""
+    from ..report import publish
 
     out = Path(folder)
-    out.mkdir(parents=True, exist_ok=True)
-    data = {"suite": suite, "config": config, "versions": versions(), "git": git_revision(),
-            "summary": summarise_suite(records), "records": list(records)}
-    paths = {"json": out / f"{suite}.json", "markdown": out / f"{suite}.md"}
-    paths["json"].write_text(json.dumps(_encode(data), indent=1, allow_nan=False))
+    header = {"suite": suite, "config": config, "summary": summarise_suite(records), "records": list(records)}
+    paths = publish(out / f"{suite}.json", "bench-suite", header, f"{suite}.jsonl", records)
+    paths["markdown"] = out / f"{suite}.md"
     paths["markdown"].write_text(markdown(suite, records, config))
     return paths

@@ -13,9 +13,13 @@ spot, but each usually sees the other's. The rules (docs/design/006-interval-pol
 2. Two usable methods that agree (their log estimates differ by less than
    DISAGREEMENT_Z standard deviations of the difference) are combined by inverse
    variance in log space: the interval is narrower than either alone.
-3. Methods that disagree, or an unusable method whose estimate lies above a usable
-   one's interval, give an interval spanning all of them, centred on the largest
-   estimate (missing mass is the common failure), marked not trusted, and said so.
+3. Usable methods that disagree give an interval spanning all estimates, centred on
+   the largest usable one (missing mass is the common failure), marked not trusted,
+   and said so. An unusable method whose estimate lies above the usable interval
+   widens it up to that estimate, centre unchanged (degenerate weights overestimate
+   as well as under), also not trusted.
+   Inside a usable interval, an unusable method's estimate whose own lower half-width
+   is narrower becomes the point estimate (the interval stays).
 4. The pilot's exact interval is never dropped: a result that contradicts it is
    widened to include it and marked not trusted; a result consistent with it keeps
    the pilot's upper end as a cap.
@@ -27,7 +31,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from scipy import stats
 
@@ -80,16 +84,17 @@ def combine(candidates: Sequence[Candidate], pilot: Outcome, pilot_draws: int,
     if not usable:
         result = _span(finite, pilot, confidence,
                        "no method could vouch for its interval, so it spans their estimates up to "
-                       "plain sampling's upper bound")
+                       "plain sampling's upper bound", max(c.outcome.log_p for c in finite), up_to_pilot=True)
     elif len(usable) > 1 and not _all_agree(usable, confidence):
-        result = _span(finite, pilot, confidence, _disagreement(usable))
+        result = _span(finite, pilot, confidence, _disagreement(usable),
+                       max(c.outcome.log_p for c in usable))
     else:
-        result = _inverse_variance(usable, confidence)
+        result = _sharper_point(_inverse_variance(usable, confidence), finite, confidence)
         above = [c for c in finite if not c.usable and c.outcome.log_p > result.ci[1]]
         if above:
-            result = _span(finite, pilot, confidence,
+            result = _span([*usable, *above], pilot, confidence,
                            f"{above[0].name} found more probability ({_p(above[0].outcome.log_p)}) than "
-                           f"the interval of {', '.join(c.name for c in usable)} allows")
+                           f"the interval of {', '.join(c.name for c in usable)} allows", result.log_p)
     result = _check_pilot(result, pilot, pilot_draws)
     return Outcome(result.log_p, result.ci, {**diagnostics, "combined_by": result.diagnostics["rule"]},
                    warnings + result.warnings, trusted=result.trusted, assumes=result.assumes)
@@ -109,14 +114,36 @@ def _inverse_variance(usable: Sequence[Candidate], confidence: float) -> Outcome
                    {"rule": "agreement" if len(usable) > 1 else "single"}, assumes=assumes)
 
 
-def _span(finite: Sequence[Candidate], pilot: Outcome, confidence: float, why: str) -> Outcome:
-    """An interval over every finite estimate (and the usable ones' intervals), not trusted."""
-    log_p = max(c.outcome.log_p for c in finite)
+def _sharper_point(result: Outcome, finite: Sequence[Candidate], confidence: float) -> Outcome:
+    """Take an unusable method's estimate as the point when it is inside the interval and sharper.
+
+    Its interval is not relied on, but an estimate that the trusted interval admits and
+    whose own lower half-width is narrower than that interval's is the better point; the
+    interval itself is unchanged.
+    """
+    low, high = result.ci
+    half = (high - low) / 2
+    inside = [c for c in finite if not c.usable and low <= c.outcome.log_p <= high
+              and math.isfinite(c.outcome.ci[0]) and c.outcome.log_p - c.outcome.ci[0] < half]
+    if not inside:
+        return result
+    best = min(inside, key=lambda c: c.outcome.log_p - c.outcome.ci[0])
+    return replace(result, log_p=best.outcome.log_p,
+                   assumes=f"{result.assumes}; the point is {best.name}'s estimate, which it admits")
+
+
+def _span(finite: Sequence[Candidate], pilot: Outcome, confidence: float, why: str, centre: float,
+          up_to_pilot: bool = False) -> Outcome:
+    """An interval over every finite estimate (and their finite CI ends), not trusted.
+
+    ``up_to_pilot``: also reach the pilot's exact upper bound (when no method vouches for
+    its own interval, nothing else bounds the probability from above).
+    """
     lows = [c.outcome.ci[0] if math.isfinite(c.outcome.ci[0]) else c.outcome.log_p for c in finite]
     highs = [c.outcome.ci[1] if c.usable else c.outcome.log_p for c in finite]
-    high = max(*highs, pilot.ci[1]) if pilot.ci[1] >= log_p else max(highs)
+    high = max(*highs, pilot.ci[1]) if up_to_pilot and pilot.ci[1] >= centre else max(highs)
     message = f"{why}: the interval is widened to span them and cannot be read as a {confidence:.0%} CI"
-    return Outcome(log_p, (min(lows), min(high, 0.0)), {"rule": "span"}, (message,), trusted=False,
+    return Outcome(centre, (min(lows), min(high, 0.0)), {"rule": "span"}, (message,), trusted=False,
                    assumes="nothing beyond the methods' estimates: a span, not a calibrated interval")
 
 
