@@ -3,6 +3,7 @@
 import io
 import json
 import math
+from html import escape
 from pathlib import Path
 
 import pytest
@@ -86,6 +87,24 @@ def test_bad_config_exits_2_with_one_line_and_no_traceback(tmp_path, edit, named
     assert result.stdout == ""
 
 
+def test_estimate_report_writes_html_json_and_jsonl(case_file, tmp_path):
+    out = tmp_path / "report"
+    result = runner.invoke(app, ["estimate", "-c", str(case_file), "--budget", "3000", "--report", str(out)])
+    assert result.exit_code == 0, result.output
+    est = tg.Estimate.from_json((out / "estimate.jsonl").read_text())
+    assert est.n_model_calls == 3000
+    html = (out / "estimate.html").read_text()
+    assert escape(est.headline()) in html and escape('factory = "tailguard.models:linear"') in html
+
+
+def test_estimate_report_into_a_file_is_refused_before_the_model_is_built(case_file, monkeypatch):
+    from tailguard import io as tg_io
+
+    monkeypatch.setattr(tg_io, "build_model", lambda *a: pytest.fail("the model was built"))
+    result = runner.invoke(app, ["estimate", "-c", str(case_file), "--report", str(case_file)])
+    assert result.exit_code == 2 and "is not a folder" in result.stderr
+
+
 def test_missing_config_exits_2(tmp_path):
     result = runner.invoke(app, ["estimate", "--config", str(tmp_path / "none.toml")])
     assert result.exit_code == 2 and "does not exist" in result.stderr
@@ -115,6 +134,7 @@ def test_bench_quick_writes_a_report_in_a_scratch_folder(tmp_path):
     assert {r["method"] for r in log["records"]} == {"mc"}
     assert all(r["model_calls"] == 1000 for r in log["records"])
     assert (tmp_path / "quick" / "estimation.md").is_file() and "mc" in result.stdout
+    assert (tmp_path / "quick" / "estimation.html").is_file()
     assert committed.read_text() == "the full results" and not (tmp_path / "estimation.md").exists()
     assert f"writing under {tmp_path / 'quick'}" in result.stdout.replace("\n", "")
 
@@ -140,6 +160,8 @@ def test_attack_finds_the_planted_shift_of_the_policy_task(tmp_path):
     delta = summary["member"]["delta"]
     assert min(delta[6], delta[7]) > 1.0  # the trigger sensors
     assert summary["log10_p"] > -1.0
+    steps = (tmp_path / "attack.jsonl").read_text().splitlines()
+    assert len(steps) > 4 and "restart" in steps[0] and (tmp_path / "attack.html").is_file()
 
 
 def test_harden_writes_report_weights_and_resumes(tmp_path):
@@ -150,6 +172,8 @@ def test_harden_writes_report_weights_and_resumes(tmp_path):
         "report.json",
         "report.md",
         "report.png",
+        "report.html",
+        "steps.jsonl",
         "model.safetensors",
         "checkpoint/checkpoint.safetensors",
     ):

@@ -169,7 +169,8 @@ def test_report_saves_to_a_str_or_path_folder(tmp_path):
     report.evals.append({"step": 1, "test_accuracy": 0.9, "held_out": [zero_hits], "deployment": zero_hits})
     for folder in (str(tmp_path / "as_str" / "nested"), tmp_path / "as_path"):
         paths = report.save(folder)
-        assert {p.name for p in paths.values()} == {"report.json", "report.md", "report.png"}
+        assert {p.name for p in paths.values()} == {"report.json", "report.md", "report.png", "report.html",
+                                                    "steps.jsonl"}
         assert all(p.is_file() and p.parent == Path(folder) for p in paths.values())
         assert tg.HardenReport.from_dict(json.loads(paths["json"].read_text())).evals == report.evals
     assert report.plot(str(tmp_path / "alone.png")).is_file()

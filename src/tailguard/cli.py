@@ -9,8 +9,8 @@ status 3 when the interval may not be read at its nominal confidence.
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from enum import StrEnum
@@ -22,10 +22,12 @@ from rich.console import Console
 from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
+from rich.text import Text
 
 from . import __version__
 from .errors import BudgetError, InvalidArgumentError, TailguardError
 from .estimators.base import DifferentiableEstimator, available, build
+from .report.rows import estimate_rows, format_value
 from .result import Estimate
 
 # plain (not rich) help: typer's rich help prints a stray "<bool>" beside every flag
@@ -39,7 +41,6 @@ app = typer.Typer(
 
 EXIT_BAD_INPUT = 2
 EXIT_UNRELIABLE = 3
-LONG_LIST = 4  # lists longer than this are summarised (count, range), not printed
 
 
 def _fail(exc: Exception) -> NoReturn:
@@ -71,62 +72,7 @@ def main(
     """Estimate, attack and harden the rarest catastrophic failures of neural networks."""
 
 
-def _number(value: float | int) -> str:
-    if isinstance(value, int):
-        return f"{value:,}"
-    return str(value) if not math.isfinite(value) else f"{value:.4g}"
-
-
-def _format_value(value: Any) -> str:
-    """One readable line for a diagnostic: numbers rounded, long lists summarised, dicts as pairs."""
-    if value is None:
-        return "-"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, int | float):
-        return _number(value)
-    if isinstance(value, dict):
-        return ", ".join(f"{k} {_format_value(v)}" for k, v in value.items()) or "-"
-    if isinstance(value, list | tuple):
-        return _format_list(list(value))
-    return str(value)
-
-
-def _format_list(items: list[Any]) -> str:
-    if not items:
-        return "none"
-    numeric = all(isinstance(v, int | float) and not isinstance(v, bool) for v in items)
-    if len(items) <= LONG_LIST:
-        return "; ".join(_format_value(v) for v in items) if not numeric else ", ".join(map(_number, items))
-    if numeric:
-        return f"{len(items)} values from {_number(min(items))} to {_number(max(items))}"
-    return f"{len(items)} entries, first: {_format_value(items[0])}"
-
-
-def _diagnostic_rows(key: str, value: Any) -> list[tuple[str, str]]:
-    """A dict, or a short list of dicts (per-replicate details), gets a row per entry."""
-    if isinstance(value, dict) and value:
-        return [(key, "")] + [(f"  {k}", _format_value(v)) for k, v in value.items()]
-    if isinstance(value, list) and 0 < len(value) <= LONG_LIST and all(isinstance(v, dict) for v in value):
-        return [(f"{key} {i + 1}", _format_value(v)) for i, v in enumerate(value)]
-    return [(key, _format_value(value))]
-
-
-def _log10(value: float) -> str:
-    return "-inf" if value == -math.inf else f"{value:.3f}"
-
-
-def _probability(log10_p: float) -> str:
-    """10**log10_p in e-notation, or as a power of ten where a float would underflow."""
-    return f"{10.0**log10_p:.3e}" if log10_p > -300 else f"10^{log10_p:.2f}"
-
-
-def _interval_state(est: Estimate) -> str:
-    if est.heuristic:
-        return "[yellow]heuristic[/yellow]: the interval reflects no sampling error; no guarantee"
-    if not est.trusted:
-        return "[bold red]interval NOT trusted[/bold red]: a check of its assumptions failed (warnings)"
-    return "[green]interval trusted[/green]"
+_STYLES = {"good": "green", "warn": "yellow", "bad": "bold red", "dim": "dim", "": ""}
 
 
 def summary(est: Estimate, title: str, seed: int | None = None) -> Panel:
@@ -137,27 +83,11 @@ def summary(est: Estimate, title: str, seed: int | None = None) -> Panel:
     table = Table.grid(padding=(0, 2))
     table.add_column(style="bold")
     table.add_column()
-    low, high = est.ci_log10
-    pct = f"{100 * est.confidence:g}%"
-    chosen = est.settings.get("chosen_by")
-    seen = math.isfinite(est.log10_p)
-    table.add_row("log10 p", _log10(est.log10_p) + ("" if seen else " (no catastrophe seen)"))
-    table.add_row(f"{pct} CI (log10)", f"[{_log10(low)}, {_log10(high)}]")
-    bound = f"0 seen; p <= {_probability(high)} ({pct} upper bound)"
-    table.add_row("p", _probability(est.log10_p) if seen else bound)
-    table.add_row("state", _interval_state(est))
-    if est.assumes:
-        table.add_row("assumes", escape(est.assumes))
-    table.add_row("method", escape(est.method + (f" (chosen by {chosen})" if chosen else "")))
-    table.add_row("model calls", f"{est.n_model_calls:,}")
-    table.add_row("seconds", f"{est.seconds:.2f}")
-    shown_seed = est.seed if est.seed is not None else seed
-    table.add_row("seed", "a caller's generator" if shown_seed is None else str(shown_seed))
-    for key, value in est.diagnostics.items():
-        for label, text in _diagnostic_rows(key, value):
-            table.add_row(f"[dim]{escape(label)}[/dim]", escape(text))
-    for warning in est.warnings:
-        table.add_row("[yellow]warning[/yellow]", f"[yellow]{escape(warning)}[/yellow]")
+    for row in estimate_rows(est, seed):
+        style = _STYLES[row.tone]
+        # diagnostics dim only their labels; warnings and the state colour their text too
+        text_style = style if row.tone in ("warn", "bad", "good") else ""
+        table.add_row(Text(row.label, style=style), Text(row.text, style=text_style))
     return Panel(table, title=escape(title), expand=False)
 
 
@@ -194,6 +124,10 @@ def estimate_command(
         ),
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print only the Estimate as JSON.")] = False,
+    report: Annotated[
+        Path | None,
+        typer.Option(help="Also write estimate.html (with estimate.json and .jsonl) into this folder."),
+    ] = None,
 ) -> None:
     """Estimate P(catastrophe) for the model, distribution and spec of a case file.
 
@@ -205,12 +139,21 @@ def estimate_command(
     overrides = {k: v for k, v in {"method": method, "budget": budget, "seed": seed}.items() if v is not None}
     with _bad_input_exits():
         _check_overrides(method, budget)
+        _check_folder(report, "--report")
         case = load_case(config, trust_modules=trust_module or ())
         est = case.estimate(progress=not as_json, **overrides)
+    used_seed = case.options.seed if seed is None else seed
     if as_json:
         typer.echo(est.to_json())
     else:
-        Console().print(summary(est, str(config), seed=case.options.seed if seed is None else seed))
+        Console().print(summary(est, str(config), seed=used_seed))
+    if report is not None:
+        from .report.pages import write_estimate_report
+
+        options = {k: v for k, v in dataclasses.asdict(case.options).items() if k != "settings"}
+        settings = {"case file": str(config), **options, **overrides, "seed": used_seed}
+        paths = write_estimate_report(est, report, f"Estimate: {config}", settings, config.read_text())
+        Console(stderr=as_json).print(f"report: {paths['html']}")
     if strict and not est.reliable:
         state = "heuristic" if est.heuristic else "not trusted"
         Console(stderr=True, soft_wrap=True).print(
@@ -282,7 +225,7 @@ def _bench_summary(rows: list[dict[str, Any]]) -> Table:
     for name, header in columns.items():
         table.add_column(header, justify="left" if name == "method" else "right")
     for row in rows:
-        table.add_row(*(escape(_format_value(row[name])) for name in columns))
+        table.add_row(*(escape(format_value(row[name])) for name in columns))
     return table
 
 
@@ -444,7 +387,9 @@ def attack_command(
     task: TaskOption = "digits-mlp",
     budget: Annotated[int, typer.Option(help="Model calls for search and final estimate.")] = 200_000,
     seed: Annotated[int, typer.Option(help="Seed of the search.")] = 0,
-    out: Annotated[Path | None, typer.Option(help="Write attack.json here.")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Write attack.html (with attack.json and attack.jsonl) here.")
+    ] = None,
 ) -> None:
     """Search the task's family for the input distribution on which its model is most often catastrophic."""
     from .attack import attack, check_attack_arguments
@@ -452,7 +397,7 @@ def attack_command(
     console = Console()
     with _bad_input_exits():
         build_task = _task_builder(task)
-        check_attack_arguments(budget, seed, {})
+        cfg = check_attack_arguments(budget, seed, {})
         _check_folder(out, "--out")
         chosen = build_task()
         console.print(f"family: {escape(chosen.family.constraint())}")
@@ -462,11 +407,11 @@ def attack_command(
     console.print(summary(result.estimate, f"worst member of the family ({task})", seed=seed))
     console.print(f"member: {escape(json.dumps(result.family.describe(result.params))[:400])}")
     if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "attack.json").write_text(
-            json.dumps({**result.summary(), "task": task, "seed": seed}, indent=1)
-        )
-        console.print(f"wrote {out / 'attack.json'}")
+        from .report.pages import write_attack_report
+
+        settings = {"task": task, "budget": budget, "seed": seed, **dataclasses.asdict(cfg)}
+        paths = write_attack_report(result, out, f"Attack on {task}", settings)
+        console.print(f"report: {paths['html']}")
 
 
 @app.command("harden")
@@ -474,7 +419,8 @@ def harden_command(
     task: TaskOption = "digits-mlp",
     steps: Annotated[int, typer.Option(help="Training steps (adversary step + model step each).")] = 600,
     seed: Annotated[int, typer.Option(help="Seed of the run.")] = 0,
-    out: Annotated[Path, typer.Option(help="Folder for report.{json,md,png} and model.safetensors.")] = Path(
+    out: Annotated[Path, typer.Option(help="Folder for report.{html,json,md,png}, steps.jsonl and "
+                                           "model.safetensors.")] = Path(
         "tailguard-harden"
     ),
     checkpoint_every: Annotated[int, typer.Option(help="Steps between checkpoints.")] = 50,

@@ -69,13 +69,22 @@ class Estimate:
         written as the strings ``"-inf"``, ``"inf"`` and ``"nan"``: a zero-hit
         estimate has ``"log10_p": "-inf"`` and ``"ci_log10": ["-inf", <upper bound>]``.
         """
+        return json.dumps(self.to_dict(), allow_nan=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON-ready dict of ``to_json`` (non-finite floats as strings)."""
         data = asdict(self)
         data["schema_version"] = SCHEMA_VERSION
-        return json.dumps(_encode(data), allow_nan=False)
+        return _encode(data)  # type: ignore[no-any-return]
 
     @classmethod
     def from_json(cls, text: str) -> Estimate:
-        data = _decode(json.loads(text))
+        return cls.from_dict(json.loads(text))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Estimate:
+        """From the parsed JSON of ``to_json`` (infinities as strings or floats)."""
+        data = _decode(data)
         data.pop("schema_version", None)
         data["ci_log10"] = tuple(data["ci_log10"])
         data["warnings"] = tuple(data.get("warnings", ()))

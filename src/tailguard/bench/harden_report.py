@@ -1,15 +1,18 @@
-"""Tables and plots for the hardening benchmark (records from ``run_harden_benchmark``)."""
+"""Tables, plot and HTML page for the hardening benchmark (records from ``run_harden_benchmark``)."""
 
 from __future__ import annotations
 
-import json
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..result import _encode
-from .report import git_revision, versions
+from ..report import publish
+from ..report.page import Figure, Page, group_warnings, markdown_blocks
+from ..report.plots import EstimatePlot, figure, png, save_png
+from ..report.rows import interval_text
+
+#: the targets the benchmark is judged against (README: triggers <= 1e-3, deployment <= 1e-9)
+TRIGGER_TARGET, DEPLOYMENT_TARGET = -3.0, -9.0
 
 FIXED_KEYS = {"task", "method", "seconds", "train_set_size", "family", "test_accuracy", "status", "reason"}
 
@@ -20,10 +23,7 @@ def _targets(record: dict[str, Any]) -> list[str]:
 
 
 def _cell(est: dict[str, Any]) -> str:
-    low, high = est["ci_log10"]
-    if not math.isfinite(est["log10_p"]):
-        return f"< {high:.1f}"
-    return f"{est['log10_p']:.2f} [{low:.2f}, {high:.2f}]"
+    return interval_text(est["log10_p"], est["ci_log10"])
 
 
 def task_table(records: Sequence[dict[str, Any]], task: str) -> str:
@@ -43,64 +43,62 @@ def task_table(records: Sequence[dict[str, Any]], task: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(records: Sequence[dict[str, Any]], path: Path) -> Path:
-    """Per task, log10 P(catastrophe) on each judged distribution, one marker per method."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def harden_figure(records: Sequence[dict[str, Any]]) -> Any:
+    """Per task, log10 P(catastrophe) on each judged distribution, one series per method."""
     tasks = list(dict.fromkeys(r["task"] for r in records))
-    fig, axes = plt.subplots(len(tasks), 1, figsize=(10, 3.6 * len(tasks)), squeeze=False)
-    for ax, task in zip(axes[:, 0], tasks, strict=True):
+    fig, axes = figure(len(tasks), figsize=(10, 3.8 * len(tasks)))
+    for ax, task in zip(axes, tasks, strict=True):
         rows = [r for r in records if r["task"] == task and r.get("status") != "skipped"]
         targets = _targets(rows[0])
+        plot = EstimatePlot(ax, f"{task}: catastrophe probability after each method (bars: 95% CI)", "")
         for j, r in enumerate(rows):
-            xs = [i + (j - len(rows) / 2) * 0.08 for i in range(len(targets))]
-            ys, lows, highs = [], [], []
-            for t in targets:
-                est = r[t]
-                y = est["log10_p"] if math.isfinite(est["log10_p"]) else est["ci_log10"][1]
-                low = est["ci_log10"][0] if math.isfinite(est["ci_log10"][0]) else y
-                ys.append(y)
-                lows.append(y - low)
-                highs.append(est["ci_log10"][1] - y)
-            ax.errorbar(xs, ys, yerr=[lows, highs], fmt="o", ms=4, capsize=2, label=r["method"])
-        ax.axhline(-3, color="grey", ls=":", lw=1)
-        ax.axhline(-9, color="grey", ls="--", lw=1)
-        ax.set_xticks(range(len(targets)))
-        ax.set_xticklabels([t.replace(" at ", "\nat ") for t in targets], fontsize=7)
-        ax.set_ylabel("log10 P(catastrophe)")
-        ax.set_title(
-            f"{task}: catastrophe probability after each method (bars: 95% CI; zero hits at upper bound)"
-        )
-        ax.legend(fontsize=7, ncol=3)
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+            plot.add([i + (j - len(rows) / 2) * 0.08 for i in range(len(targets))],
+                     [r[t]["log10_p"] for t in targets], [r[t]["ci_log10"] for t in targets], r["method"])
+        plot.reference(TRIGGER_TARGET, f"target for triggers (1e{TRIGGER_TARGET:g})")
+        plot.reference(DEPLOYMENT_TARGET, f"target for deployment (1e{DEPLOYMENT_TARGET:g})", ls="--")
+        ax.set_xticks(range(len(targets)), [t.replace(" at ", "\nat ") for t in targets], fontsize=7)
+        plot.finish(fontsize=7, ncol=3)
+    return fig
+
+
+def plot(records: Sequence[dict[str, Any]], path: Path) -> Path:
+    return save_png(harden_figure(records), path)
+
+
+def markdown(records: Sequence[dict[str, Any]]) -> str:
+    body = [
+        "# Hardening benchmark",
+        "",
+        "log10 P(catastrophe) [95% CI] by the validated estimators; "
+        "'<= x (none seen)' means no catastrophe was found and x is the upper end of the CI.",
+        "",
+    ]
+    for task in dict.fromkeys(r["task"] for r in records):
+        body += [f"## {task}", "", task_table(records, task), ""]
+    return "\n".join(body)
 
 
 def write_harden_report(
     records: Sequence[dict[str, Any]], out_dir: str | Path, config: dict[str, Any]
 ) -> dict[str, Path]:
-    """harden.json (records + config + provenance), harden.md (tables) and harden.png."""
+    """harden.json (records + config + provenance), harden.jsonl, harden.md (tables), .png and .html."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    payload = {"config": config, "versions": versions(), "git": git_revision(), "records": list(records)}
-    paths = {"json": out / "harden.json", "markdown": out / "harden.md", "plot": out / "harden.png"}
-    paths["json"].write_text(json.dumps(_encode(payload), indent=1, allow_nan=False))
-    tasks = list(dict.fromkeys(r["task"] for r in records))
-    body = [
-        "# Hardening benchmark",
-        "",
-        "log10 P(catastrophe) [95% CI] by the validated estimators; "
-        "'< x' means no catastrophe was found and x is the upper end of the CI.",
-        "",
-    ]
-    for task in tasks:
-        body += [f"## {task}", "", task_table(records, task), ""]
-    paths["markdown"].write_text("\n".join(body))
-    plot(records, paths["plot"])
+    paths = publish(out / "harden.json", "bench-harden", {"config": config, "records": list(records)},
+                    "harden.jsonl", records)
+    paths["plot"] = plot(records, out / "harden.png")
+    paths["markdown"] = out / "harden.md"
+    paths["markdown"].write_text(markdown(records))
     return paths
+
+
+def harden_bench_page(header: dict[str, Any], rows: list[dict[str, Any]]) -> Page:
+    """The HTML page of a hardening benchmark, from harden.json and harden.jsonl."""
+    found = [(f"{r['task']}, {r['method']}, {t}", w) for r in rows if r.get("status") != "skipped"
+             for t in _targets(r) for w in r[t].get("warnings", [])]
+    blocks = [*markdown_blocks(markdown(rows)),
+              Figure("Catastrophe probability after each method", png(harden_figure(rows)),
+                     "per task, log10 P on deployment and each trigger distribution, one series per method")]
+    tasks = list(dict.fromkeys(r["task"] for r in rows))
+    headline = f"{len(rows)} runs: {len({r['method'] for r in rows})} methods on {', '.join(tasks)}"
+    return Page("bench-harden", "Hardening benchmark", headline, blocks, group_warnings(found),
+                header["config"])

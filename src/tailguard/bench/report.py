@@ -1,55 +1,26 @@
-"""Write a benchmark run to disk: JSON log with provenance, a markdown table, a log-log plot.
+"""Write a benchmark run to disk: JSON log with provenance, JSONL records, markdown, plot and HTML.
 
 The JSON holds every record, the per-(method, budget) summary, the sweep's
 configuration, package versions and the git revision, so a table or plot can be
-regenerated (and a number traced to the code that produced it) later.
-Infinite values are written as the strings "inf" / "-inf", as in ``Estimate.to_json``.
+regenerated (and a number traced to the code that produced it) later; the JSONL
+beside it holds one record a line, and the HTML page is rendered from the two
+(``tailguard.report.render``). The suites' pages (``bench.suites``) are built here
+too, from the same plot. Infinite values are written as the strings "inf" / "-inf",
+as in ``Estimate.to_json``.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import platform
-import subprocess
 from collections.abc import Sequence
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from ..result import _encode
+from ..report import publish
+from ..report.page import Figure, Page, Paragraph, group_warnings, markdown_blocks
+from ..report.plots import EstimatePlot, figure, png, save_png
+from . import suites
 from .runner import BAND_LOG10, Record, in_band, median_or_none, summarise
-
-SCHEMA_VERSION = 1
-_PACKAGES = ("tailguard", "torch", "numpy", "scipy", "openturns", "ray", "matplotlib",
-             "scikit-learn")
-
-
-def versions() -> dict[str, str | None]:
-    """Installed versions of the packages a result depends on (None if absent)."""
-    found: dict[str, str | None] = {"python": platform.python_version()}
-    for name in _PACKAGES:
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            found[name] = None
-    return found
-
-
-def git_revision() -> dict[str, Any]:
-    """HEAD of the repository holding this file, and whether the work tree has changes."""
-    here = Path(__file__).resolve().parent
-
-    def git(*args: str) -> str | None:
-        try:
-            out = subprocess.run(["git", *args], cwd=here, capture_output=True, text=True,
-                                 timeout=10, check=True)
-        except (OSError, subprocess.SubprocessError):
-            return None
-        return out.stdout.strip()
-
-    status = git("status", "--porcelain")
-    return {"commit": git("rev-parse", "HEAD"), "dirty": bool(status) if status is not None else None}
 
 
 def _fmt(value: float | None, digits: int = 2) -> str:
@@ -146,54 +117,87 @@ def speed_table(records: Sequence[Record], reference: str = "openturns",
     return "\n".join(lines)
 
 
-def plot(records: Sequence[Record], path: Path) -> None:
-    """Estimate vs truth (log10), one marker per method, CI error bars, the y = x line."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def estimates_figure(records: Sequence[Record], title: str = "Estimates vs ground truth") -> Any:
+    """Estimate vs truth (log10), one series per method (bounds as bounds), with the y = x line."""
     ok = [r for r in records if r["status"] == "ok"]
     methods = sorted({r["method"] for r in ok})
     markers = "osD^v<>pP*Xh"
-    fig, ax = plt.subplots(figsize=(7.5, 6.5))
+    fig, (ax,) = figure(figsize=(7.5, 6.5))
+    plot = EstimatePlot(ax, f"{title} (bars: 95% CI)", "true log10 p", "estimated log10 p")
     truths = [r["true_log10_p"] for r in records] or [0.0]
     lo, hi = min(truths) - 1.5, max(max(truths) + 1.0, 0.0)
     for i, m in enumerate(methods):
-        rows = [r for r in ok if r["method"] == m and math.isfinite(r["estimate_log10_p"])]
-        missed = sum(1 for r in ok if r["method"] == m) - len(rows)
-        x = [r["true_log10_p"] + 0.08 * (i - len(methods) / 2) for r in rows]
-        y = [r["estimate_log10_p"] for r in rows]
-        below = [max(r["estimate_log10_p"] - max(r["ci_log10"][0], lo), 0.0) for r in rows]
-        above = [max(min(r["ci_log10"][1], hi) - r["estimate_log10_p"], 0.0) for r in rows]
-        label = m if not missed else f"{m} ({missed} found nothing)"
-        ax.errorbar(x, y, yerr=[below, above], fmt=markers[i % len(markers)], ms=4,
-                    capsize=2, alpha=0.75, label=label)
-    ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="y = x")
-    ax.set(xlim=(lo, hi), ylim=(lo, hi), xlabel="true log10 p", ylabel="estimated log10 p",
-           title="Estimates vs ground truth (95 % CI)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+        rows = [r for r in ok if r["method"] == m]
+        plot.add([r["true_log10_p"] + 0.08 * (i - len(methods) / 2) for r in rows],
+                 [r["estimate_log10_p"] for r in rows], [r["ci_log10"] for r in rows], m,
+                 marker=markers[i % len(markers)])
+    plot.line([lo, hi], [lo, hi], "y = x (exact)", color="k", ls="--")
+    ax.set(xlim=(lo, hi), ylim=(lo, hi))
+    plot.finish(loc="upper left")
+    return fig
+
+
+def plot(records: Sequence[Record], path: Path) -> Path:
+    """The estimates-vs-truth figure as a PNG file."""
+    return save_png(estimates_figure(records), path)
+
+
+def markdown(records: Sequence[Record]) -> str:
+    """The report's markdown: summary, speed and per-case tables."""
+    return "\n".join(["# Estimation benchmark\n", summary_table(summarise(records)), "",
+                      speed_table(records), "", case_table(records), ""])
+
+
+def record_warnings(records: Sequence[Record]) -> list[str]:
+    """Errors and the estimators' own warnings, grouped by message (where: method, case, budget, seed)."""
+    found = []
+    for r in records:
+        where = f"{r['method']} on {r['case']} at {r['budget']:,} calls, seed {r['seed']}"
+        if r["status"] == "error":
+            found.append((where, f"error: {r['reason']}"))
+        found += [(where, w) for w in r.get("warnings") or []]
+    return group_warnings(found)
+
+
+def _figure(records: Sequence[Record], title: str) -> Figure:
+    return Figure(title, png(estimates_figure(records, title)),
+                  "estimated against true log10 p, one marker per method, with 95% intervals")
+
+
+def estimation_page(header: dict[str, Any], rows: list[Record]) -> Page:
+    """The HTML page of an estimation benchmark, from estimation.json and estimation.jsonl."""
+    blocks = [*markdown_blocks(markdown(rows)), _figure(rows, "Estimates vs ground truth")]
+    ok = sum(r["status"] == "ok" for r in rows)
+    headline = (f"{len(rows)} runs ({ok} completed) of {len({r['method'] for r in rows})} methods "
+                f"on {len({r['case'] for r in rows})} cases with known answers")
+    return Page("bench-estimation", "Estimation benchmark", headline, blocks, record_warnings(rows),
+                header["config"])
+
+
+def suite_page(header: dict[str, Any], rows: list[Record]) -> Page:
+    """The HTML page of a stress or reliability suite: silent misses first among the warnings."""
+    suite = header["suite"]
+    misses = [f"silent miss: {r['method']} on {r['case']} at {r['budget']:,} calls, seed {r['seed']}: "
+              f"log10 p {r['estimate_log10_p']:.2f} against the truth {r['true_log10_p']:.2f}, trusted and "
+              "without a warning" for r in rows if r["status"] == "ok" and suites.is_silent_miss(r)]
+    text = suites.markdown(suite, rows, header["config"]).replace(f"Configuration: {header['config']}", "")
+    blocks = [*markdown_blocks(text), _figure(rows, f"{suite} suite: estimates vs truth")]
+    if not misses:
+        blocks.insert(0, Paragraph("No silent miss: every run off by more than the threshold said so."))
+    headline = (f"{len(rows)} runs of {', '.join(sorted({r['method'] for r in rows}))} "
+                f"on {len({r['case'] for r in rows})} cases; {len(misses)} silent misses")
+    return Page("bench-suite", f"{suite} suite", headline, blocks, misses + record_warnings(rows),
+                header["config"])
 
 
 def write_report(records: Sequence[Record], out_dir: str | Path,
                  config: dict[str, Any] | None = None,
                  stem: str = "estimation") -> dict[str, Path]:
-    """Write ``stem``.json, ``stem``.md and ``stem``.png under out_dir; returns their paths."""
+    """Write ``stem``.{json,jsonl,md,png,html} under out_dir; returns their paths."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    summary = summarise(records)
-    paths = {"json": out / f"{stem}.json", "markdown": out / f"{stem}.md",
-             "plot": out / f"{stem}.png"}
-    log = {"schema_version": SCHEMA_VERSION, "config": config or {}, "versions": versions(),
-           "git": git_revision(), "summary": summary, "records": list(records)}
-    paths["json"].write_text(json.dumps(_encode(log), indent=1, allow_nan=False))
-    markdown = ["# Estimation benchmark\n", summary_table(summary), "", speed_table(records), "",
-                case_table(records), "",
-                f"![estimates vs truth]({paths['plot'].name})", ""]
-    paths["markdown"].write_text("\n".join(markdown))
-    plot(records, paths["plot"])
+    header = {"config": config or {}, "summary": summarise(records), "records": list(records)}
+    paths = publish(out / f"{stem}.json", "bench-estimation", header, f"{stem}.jsonl", records)
+    paths["plot"] = plot(records, out / f"{stem}.png")
+    paths["markdown"] = out / f"{stem}.md"
+    paths["markdown"].write_text(markdown(records) + f"\n![estimates vs truth]({paths['plot'].name})\n")
     return paths

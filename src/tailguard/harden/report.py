@@ -1,14 +1,26 @@
-"""What a hardening run reports: per-step training figures and periodic validated estimates."""
+"""What a hardening run reports: per-step training figures and periodic validated estimates.
+
+``save`` writes report.json (the whole report, readable by ``HardenReport.from_dict``),
+steps.jsonl (one line per training step and per evaluation, in the order they
+happened), report.md, report.png and report.html; the HTML page is rendered
+from report.json and steps.jsonl alone (``tailguard.report.render``).
+"""
 
 from __future__ import annotations
 
 import json
-import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from ..report import publish
+from ..report.log import ENVELOPE
+from ..report.page import Figure, Heading, Page, group_warnings, markdown_blocks
+from ..report.plots import EstimatePlot, figure, png, save_png
+from ..report.rows import interval_text
 from ..result import _decode, _encode
+
+LOG_NAME = "steps.jsonl"
 
 
 @dataclass
@@ -18,6 +30,8 @@ class HardenReport:
     steps: dicts with step, task_loss, batch_accuracy, adversary_log10_p (surrogate,
     worst pool member), deployment_log10_p (surrogate). evals: dicts with step,
     test_accuracy, held_out (list of estimates as dicts), deployment (estimate dict).
+    An estimate dict has log10_p, ci_log10, method, n_model_calls, and (since the
+    HTML report) trusted and warnings.
     """
 
     settings: dict[str, Any]
@@ -33,17 +47,34 @@ class HardenReport:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> HardenReport:
-        return cls(**_decode(data))
+        """From ``to_dict`` or a saved report.json (whose envelope: kind, versions, ... is skipped)."""
+        return cls(**{k: v for k, v in _decode(data).items() if k not in ENVELOPE})
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), allow_nan=False, indent=1)
+
+    def log_rows(self) -> list[dict[str, Any]]:
+        """Steps and evaluations as they happened: an evaluation after ``step`` steps follows that step."""
+        rows = [({"type": "step", **s}, (s["step"] + 1, 0)) for s in self.steps]
+        rows += [({"type": "eval", **e}, (e["step"], 1)) for e in self.evals]
+        return [row for row, _ in sorted(rows, key=lambda pair: pair[1])]
+
+    @classmethod
+    def from_log(cls, header: dict[str, Any], rows: list[dict[str, Any]]) -> HardenReport:
+        """The report from a saved header and steps.jsonl rows (no model calls)."""
+        kept = {f.name for f in fields(cls)} - {"steps", "evals"}
+        report = cls(**{k: v for k, v in header.items() if k in kept})
+        for row in rows:
+            entry = {k: v for k, v in row.items() if k != "type"}
+            (report.steps if row["type"] == "step" else report.evals).append(entry)
+        return report
 
     def final(self) -> dict[str, Any]:
         """The last evaluation (or an empty dict if there was none)."""
         return self.evals[-1] if self.evals else {}
 
     def markdown(self) -> str:
-        """A short human-readable table of the evaluations."""
+        """A short human-readable table of the evaluations ('<= x (none seen)': an upper bound)."""
         lines = [
             f"Adversary family: {self.constraint}",
             "",
@@ -58,76 +89,79 @@ class HardenReport:
             )
         return "\n".join(lines) + "\n"
 
-    def plot(self, path: str | Path) -> Path:
-        """log10 P(catastrophe) against step: surrogate on the adversary, estimates with CIs."""
-        path = Path(path)
-        from ..errors import require_extra
-
-        require_extra("matplotlib", "bench")
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(7, 4))
+    def figure(self) -> Any:
+        """log10 P(catastrophe) against step: surrogates as lines, validated estimates with CIs."""
+        fig, (ax,) = figure(figsize=(8, 4.4))
+        plot = EstimatePlot(ax, "Catastrophe probability during hardening (bars: 95% CI)", "training step")
         steps = [s["step"] for s in self.steps]
-        ax.plot(steps, [s["adversary_log10_p"] for s in self.steps], lw=1, label="adversary (surrogate)")
-        for key, label, marker in (
-            ("deployment", "deployment D", "o"),
-            ("held_out", "worst held-out member", "s"),
-        ):
-            points: list[tuple[int, dict[str, Any]]] = []
-            for ev in self.evals:
-                worst = _worst(ev.get(key))
-                if worst is not None:
-                    points.append((ev["step"], worst))
-            if not points:
-                continue
-            # a zero-hit estimate is drawn at its upper bound, with a one-sided bar
-            shown = [e["log10_p"] if math.isfinite(e["log10_p"]) else e["ci_log10"][1] for _, e in points]
-            below = [
-                y - e["ci_log10"][0] if math.isfinite(e["ci_log10"][0]) else 0.0
-                for y, (_, e) in zip(shown, points, strict=True)
-            ]
-            above = [e["ci_log10"][1] - y for y, (_, e) in zip(shown, points, strict=True)]
-            ax.errorbar(
-                [s for s, _ in points],
-                shown,
-                yerr=[below, above],
-                marker=marker,
-                ls="--",
-                capsize=3,
-                label=label,
-            )
-        ax.set_xlabel("training step")
-        ax.set_ylabel("log10 P(catastrophe)")
-        ax.grid(alpha=0.3)
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        return path
+        plot.line(steps, [s["adversary_log10_p"] for s in self.steps],
+                  "adversary, worst pool member (surrogate)")
+        if any("deployment_log10_p" in s for s in self.steps):
+            plot.line(steps, [s.get("deployment_log10_p", float("nan")) for s in self.steps],
+                      "deployment D (surrogate)", ls=":")
+        offset = 0.01 * max(steps or [1])
+        for i, (key, label, marker) in enumerate((("deployment", "deployment D, estimated", "o"),
+                                                   ("held_out", "worst held-out member, estimated", "s"))):
+            points = [(ev["step"] + i * offset, worst) for ev in self.evals
+                      if (worst := _worst(ev.get(key))) is not None]
+            if points:
+                plot.add([x for x, _ in points], [e["log10_p"] for _, e in points],
+                         [e["ci_log10"] for _, e in points], label, marker=marker)
+        plot.finish(loc="best")
+        return fig
+
+    def plot(self, path: str | Path) -> Path:
+        """The figure as a PNG file."""
+        return save_png(self.figure(), path)
 
     def save(self, directory: str | Path) -> dict[str, Path]:
-        """Write report.json, report.md and report.png into ``directory`` (created if missing)."""
+        """Write report.{json,md,png,html} and steps.jsonl into ``directory`` (created if missing)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        paths = {"json": directory / "report.json", "markdown": directory / "report.md"}
-        paths["json"].write_text(self.to_json())
+        paths = publish(directory / "report.json", "harden", self.to_dict(), LOG_NAME, self.log_rows())
+        paths["markdown"] = directory / "report.md"
         paths["markdown"].write_text(self.markdown())
         paths["plot"] = self.plot(directory / "report.png")
         return paths
 
 
+def harden_page(header: dict[str, Any], rows: list[dict[str, Any]]) -> Page:
+    """The HTML page of a saved run, from report.json and steps.jsonl."""
+    report = HardenReport.from_log(header, rows)
+    final = report.final()
+    dep, held = final.get("deployment"), _worst(final.get("held_out"))
+    headline = (f"{len(report.steps)} steps in {report.seconds:.0f} s, {report.model_calls:,} model calls. "
+                f"Last evaluation (step {final.get('step', '-')}): worst held-out member {_fmt(held)}, "
+                f"deployment {_fmt(dep)}.") if final else f"{len(report.steps)} steps; no evaluation."
+    fig = report.figure()
+    blocks = [Heading("Evaluations"), *markdown_blocks(report.markdown()),
+              Figure("log10 P(catastrophe) against training step", png(fig),
+                     "surrogate curves of the adversary and deployment D with the validated estimates")]
+    settings = {"seed": report.seed, "adversary family": report.constraint, **report.settings}
+    return Page("harden", "Hardening run", headline, blocks, _warnings(report), settings)
+
+
+def _warnings(report: HardenReport) -> list[str]:
+    found = []
+    for ev in report.evals:
+        named = [("deployment D", ev.get("deployment"))]
+        named += [(f"held-out member {i + 1}", e) for i, e in enumerate(ev.get("held_out") or [])]
+        for name, est in named:
+            if not est:
+                continue
+            where = f"step {ev['step']}, {name}"
+            found += [(where, w) for w in est.get("warnings", [])]
+            if est.get("trusted") is False and not est.get("warnings"):
+                found.append((where, "interval NOT trusted"))
+    return group_warnings(found)
+
+
 def _worst(entry: dict[str, Any] | list[dict[str, Any]] | None) -> dict[str, Any] | None:
-    """An estimate dict, or the highest of a list of them (the worst held-out member)."""
+    """An estimate dict, or the worst of a list of them: highest estimate, then highest upper end."""
     if isinstance(entry, list):
-        return max(entry, key=lambda e: e["log10_p"], default=None)
+        return max(entry, key=lambda e: (e["log10_p"], e["ci_log10"][1]), default=None)
     return entry
 
 
 def _fmt(est: dict[str, Any] | None) -> str:
-    if not est:
-        return "-"
-    low, high = est["ci_log10"]
-    return f"{est['log10_p']:.2f} [{low:.2f}, {high:.2f}]"
+    return interval_text(est["log10_p"], est["ci_log10"]) if est else "-"

@@ -195,6 +195,8 @@ def _estimate_dict(est: Any) -> dict[str, Any]:
         "ci_log10": list(est.ci_log10),
         "method": est.method,
         "n_model_calls": est.n_model_calls,
+        "trusted": est.trusted,
+        "warnings": list(est.warnings),
     }
 
 
