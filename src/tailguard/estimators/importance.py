@@ -159,10 +159,11 @@ class ImportanceSampling:
         Returns the settings to adapt with (room for as many components and informed
         directions as there are modes) and the proposal.
         """
-        n = 0 if found is None else len(found.modes)
-        if found is None or n == 0:
+        relevant = () if found is None else found.relevant()
+        n = len(relevant)
+        if n == 0:
             return self, space.initial()
-        centres = torch.stack([m.z for m in found.modes])
+        centres = torch.stack([m.z for m in relevant])
         seeded = _gmm.isotropic(torch.full((n,), -math.log(n), dtype=torch.float64), centres)
         tuned = replace(self, max_components=max(self.max_components, n), max_dims=max(self.max_dims, n + 1))
         return tuned, _gmm.blend(space.initial(), [seeded], self.mode_share)

@@ -54,6 +54,9 @@ OVERSHOOT = 0.02
 SAME_DIRECTION = 0.95
 #: bisection steps along the ray from a chain's centre to its best point
 RAY_STEPS = 8
+#: modes this many nats less probable than the best (a factor 2.2e4) carry too little
+#: probability to shape a proposal; most are chains that stopped short of a better mode
+RELEVANT_NATS = 10.0
 
 
 @dataclass(frozen=True)
@@ -86,9 +89,17 @@ class ModeSearch:
     catastrophic_chains: int
     gradient_free: bool
 
+    def relevant(self) -> tuple[FailureMode, ...]:
+        """The modes within RELEVANT_NATS of the most probable one."""
+        if not self.modes:
+            return ()
+        best = self.modes[0].log_density
+        return tuple(m for m in self.modes if m.log_density >= best - RELEVANT_NATS)
+
     def diagnostics(self) -> dict[str, Any]:
         return {
             "n_modes": len(self.modes),
+            "n_relevant_modes": len(self.relevant()),
             "mode_log10_density": [round(m.log_density / math.log(10), 3) for m in self.modes[:8]],
             "mode_search_calls": self.model_calls,
             "mode_search_chains": self.chains,
