@@ -107,14 +107,26 @@ def _cross_check(oracle: ScoreOracle, budget: int, generator: torch.Generator, c
     is_outcome = importance.run_from(oracle, is_left, generator, confidence, found)
     candidates = [_policy.Candidate("is", is_outcome)]
     if split_budget >= splitting.min_budget():
-        start = oracle.n_calls
-        result = splitting.run(oracle, split_budget, generator, confidence)
-        candidates.append(_policy.Candidate("splitting", result))
-        leftover = split_budget - (oracle.n_calls - start)
-    else:
-        leftover = split_budget
-    outcome = _policy.combine(candidates, pilot, pilot_draws, confidence)
-    return "is+splitting", replace(outcome, diagnostics={**outcome.diagnostics, "unspent_calls": leftover})
+        split_start = oracle.n_calls
+        candidates.append(_policy.Candidate("splitting", splitting.run(oracle, split_budget, generator,
+                                                                       confidence)))
+        split_budget -= oracle.n_calls - split_start
+    pilot, pilot_draws = _top_up(oracle, pilot, split_budget, generator, confidence)
+    return "is+splitting", _policy.combine(candidates, pilot, pilot_draws, confidence)
+
+
+def _top_up(oracle: ScoreOracle, pilot: Outcome, calls: int, generator: torch.Generator,
+            confidence: float) -> tuple[Outcome, int]:
+    """The pilot with ``calls`` more plain draws pooled in (splitting rarely spends its whole share).
+
+    Returns the pooled outcome and its number of draws: more exact draws tighten the
+    plain-sampling interval that the policy checks the rare-event methods against.
+    """
+    hits, draws = pilot.diagnostics["hits"], pilot.diagnostics["draws"]
+    if calls > 0:
+        more = MonteCarlo().run(oracle, calls, generator, confidence)
+        hits, draws = hits + more.diagnostics["hits"], draws + more.diagnostics["draws"]
+    return counts_outcome(hits, draws, confidence), draws
 
 
 def _nothing_found(oracle: ScoreOracle, budget: int, generator: torch.Generator, confidence: float,
@@ -125,9 +137,7 @@ def _nothing_found(oracle: ScoreOracle, budget: int, generator: torch.Generator,
     pooled with the pilot's, give a proven one nearly as tight as plain sampling with the
     whole budget (the search costs a few per cent of it).
     """
-    rest = MonteCarlo().run(oracle, budget, generator, confidence)
-    draws = pilot.diagnostics["draws"] + rest.diagnostics["draws"]
-    total = counts_outcome(pilot.diagnostics["hits"] + rest.diagnostics["hits"], draws, confidence)
+    total, draws = _top_up(oracle, pilot, budget, generator, confidence)
     note = (f"the failure-mode search (up to {max(START_RADII)} standard deviations out) found no "
             "catastrophic input, so the rest of the budget went to plain sampling")
     return replace(total, warnings=(*total.warnings, note),
