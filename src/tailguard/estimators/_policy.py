@@ -101,17 +101,20 @@ def combine(candidates: Sequence[Candidate], pilot: Outcome, pilot_draws: int,
 
 
 def _inverse_variance(usable: Sequence[Candidate], confidence: float) -> Outcome:
-    """Agreeing methods weighted by 1 / var of their log estimates."""
+    """Agreeing methods weighted by 1 / var of their log estimates; one method keeps its own interval."""
+    if len(usable) == 1:
+        (only,) = usable
+        own = only.outcome.assumes or "its error estimate"
+        return Outcome(only.outcome.log_p, only.outcome.ci, {"rule": "single"},
+                       assumes=f"{only.name}'s own interval holds: {own}")
     z = float(stats.norm.ppf(0.5 + confidence / 2))
     sds = [max(log_sd(c.outcome, confidence), 1e-12) for c in usable]
     weights = [1.0 / sd**2 for sd in sds]
     log_p = sum(w * c.outcome.log_p for w, c in zip(weights, usable, strict=True)) / sum(weights)
     sd = 1.0 / math.sqrt(sum(weights))
     names = " and ".join(c.name for c in usable)
-    assumes = (f"{names} agree; the interval combines their sampling errors" if len(usable) > 1
-               else f"{names}'s own error estimate holds (the other method could not vouch for its own)")
-    return Outcome(log_p, (log_p - z * sd, min(log_p + z * sd, 0.0)),
-                   {"rule": "agreement" if len(usable) > 1 else "single"}, assumes=assumes)
+    return Outcome(log_p, (log_p - z * sd, min(log_p + z * sd, 0.0)), {"rule": "agreement"},
+                   assumes=f"{names} agree; the interval combines their sampling errors")
 
 
 def _sharper_point(result: Outcome, finite: Sequence[Candidate], confidence: float) -> Outcome:
