@@ -154,7 +154,7 @@ def _check_pilot(result: Outcome, pilot: Outcome, pilot_draws: int) -> Outcome:
     """Keep the pilot's exact interval: cap by its upper end, or widen to it when contradicted."""
     low, high = result.ci
     p_low, p_high = pilot.ci
-    if low <= p_high and high >= p_low:
+    if low <= p_high and high >= p_low and result.log_p <= p_high:
         return Outcome(result.log_p, (low, min(high, p_high)), result.diagnostics, result.warnings,
                        trusted=result.trusted, assumes=result.assumes)
     message = (f"plain sampling ({pilot_draws:,} draws, exact {_p(p_low)}..{_p(p_high)}) contradicts the "

@@ -108,8 +108,9 @@ class EstimatePlot:
         if points:
             xs, ys, lows, highs = zip(*points, strict=True)
             drawn.append(self.ax.errorbar(
-                xs, ys, yerr=[[y - lo for y, lo in zip(ys, lows, strict=True)],
-                              [hi - y for y, hi in zip(ys, highs, strict=True)]],
+                # a point can lie outside its own interval (an estimate beyond a proven cap)
+                xs, ys, yerr=[[max(y - lo, 0.0) for y, lo in zip(ys, lows, strict=True)],
+                              [max(hi - y, 0.0) for y, hi in zip(ys, highs, strict=True)]],
                 fmt=marker, color=color, ms=5, capsize=2.5, lw=1.2, alpha=0.85))
         if bounds:
             self._kinds.add("bound")
