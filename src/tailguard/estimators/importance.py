@@ -25,11 +25,10 @@ from torch import Tensor, nn
 from .._logspace import ess, logmeanexp, normal_log_ci, pareto_k
 from ..dists.base import Distribution
 from ..dists.empirical import NoisyEmpirical
-from ..dists.gaussian import Gaussian
 from ..errors import InvalidArgumentError
 from ..oracle import ScoreOracle
 from ..specs import Spec
-from . import _gmm, modes
+from . import _gmm, _space, modes
 from ._space import BaseSpace
 from .base import Outcome, register
 
@@ -124,7 +123,7 @@ class ImportanceSampling:
     def unsupported_reason(self, model: nn.Module, dist: Distribution, spec: Spec) -> str | None:
         if not spec.continuous:
             return "the spec is a black-box predicate; the CE levels need a graded score"
-        if not isinstance(dist, Gaussian | NoisyEmpirical):
+        if not _space.supports(dist):
             return (
                 f"{type(dist).__name__} has no Gaussian-mixture form to build proposals from; "
                 "'is' supports Gaussian and NoisyEmpirical inputs"
@@ -197,7 +196,7 @@ class ImportanceSampling:
         1 / defensive_share there, so that loss becomes visible variance instead.
         """
         proposal = _gmm.blend(q, earlier, self.earlier_share)
-        if isinstance(space.dist, NoisyEmpirical):
+        if space.is_mixture:
             proposal = _gmm.blend(proposal, [space.initial()], self.defensive_share)
         return proposal
 
