@@ -40,6 +40,7 @@ from ..tasks.token_transformer import (
     build_vocab,
     descriptions_text,
     exact_target_log10,
+    fit_next_token,
     train_token_transformer,
 )
 
@@ -74,15 +75,7 @@ def train_embedding_mlp(ctx: int, vocab: int, seed: int,
     windows = chars.encode(text).unfold(0, ctx + 1, 1)  # (m, ctx + 1)
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    model = EmbeddingMLP(vocab, ctx)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.01)
-    for _ in range(steps):
-        batch = windows[torch.randint(windows.shape[0], (256,), generator=g)]
-        loss = nn.functional.cross_entropy(model(batch[:, :-1]), batch[:, -1])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return model.eval(), chars, text
+    return fit_next_token(EmbeddingMLP(vocab, ctx), windows, steps, g), chars, text
 
 
 @dataclass(frozen=True)

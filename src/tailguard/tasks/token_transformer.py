@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -110,15 +111,27 @@ def train_token_transformer(ctx: int = 6, vocab: int = 16, seed: int = 0, steps:
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     model = TokenTransformer(vocab, ctx, d_model=d_model, n_layers=n_layers)
+    return fit_next_token(model, windows, steps, g), chars, text
+
+
+M = TypeVar("M", bound=nn.Module)
+
+
+def fit_next_token(model: M, windows: Tensor, steps: int, generator: torch.Generator) -> M:
+    """Train ``model`` (ids (n, ctx) -> logits (n, vocab)) to predict each window's last token.
+
+    windows: (m, ctx + 1) token ids. AdamW, batches of 256 drawn with ``generator``.
+    Returns the model in eval mode.
+    """
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.01)
     model.train()
     for _ in range(steps):
-        batch = windows[torch.randint(windows.shape[0], (256,), generator=g)]
+        batch = windows[torch.randint(windows.shape[0], (256,), generator=generator)]
         loss = nn.functional.cross_entropy(model(batch[:, :-1]), batch[:, -1])
         opt.zero_grad()
         loss.backward()
         opt.step()
-    return model.eval(), chars, text
+    return model.eval()
 
 
 def exact_target_log10(model: nn.Module, log_probs: Tensor, batch: int = 65_536) -> Tensor:
