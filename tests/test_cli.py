@@ -95,6 +95,9 @@ def test_estimate_report_writes_html_json_and_jsonl(case_file, tmp_path):
     assert est.n_model_calls == 3000
     html = (out / "estimate.html").read_text()
     assert escape(est.headline()) in html and escape('factory = "tailguard.models:linear"') in html
+    as_json = runner.invoke(app, ["estimate", "-c", str(case_file), "--json", "--report", str(out)])
+    logged = tg.Estimate.from_json((out / "estimate.jsonl").read_text())
+    assert tg.Estimate.from_json(as_json.stdout) == logged
 
 
 def test_estimate_report_into_a_file_is_refused_before_the_model_is_built(case_file, monkeypatch):

@@ -30,8 +30,8 @@ class HardenReport:
     steps: dicts with step, task_loss, batch_accuracy, adversary_log10_p (surrogate,
     worst pool member), deployment_log10_p (surrogate). evals: dicts with step,
     test_accuracy, held_out (list of estimates as dicts), deployment (estimate dict).
-    An estimate dict has log10_p, ci_log10, method, n_model_calls, and (since the
-    HTML report) trusted and warnings.
+    An estimate dict has log10_p, ci_log10, method, n_model_calls, trusted and
+    warnings (the last two absent in runs recorded before they were added).
     """
 
     settings: dict[str, Any]
