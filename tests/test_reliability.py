@@ -13,7 +13,7 @@ import torch
 
 import tailguard as tg
 from tailguard.bench import reliability as rel
-from tailguard.bench.runner import _base_record
+from tailguard.bench.runner import base_record
 from tailguard.errors import MissingExtraError
 from tailguard.oracle import model_dtype_device
 
@@ -127,7 +127,7 @@ def test_baseline_record_respects_budget(method: str, otb) -> None:
     budget = 3_000
     record = rel.run_openturns_reliability("RP22", method, budget, seed=0)
     case = rel.reliability_case("RP22")
-    assert set(record) == set(_base_record(method, case, budget, 0))
+    assert set(record) == set(base_record(method, case, budget, 0))
     assert record["status"] == "ok", record["reason"]
     assert 0 < record["model_calls"] <= budget
     assert record["true_log10_p"] == rel.TRUTHS["RP22"].log10_p
