@@ -1,7 +1,11 @@
-"""Run the stress or reliability suite and write benchmarks/<suite>.{json,md}.
+"""Run the stress or reliability suite and write benchmarks/<suite>.{json,jsonl,md,html}.
 
-    .venv/bin/python benchmarks/run_suites.py stress        # about 15 minutes on 2 cores
-    .venv/bin/python benchmarks/run_suites.py reliability
+    .venv/bin/python benchmarks/run_suites.py stress 5 auto          # about 15 minutes on 2 cores
+    .venv/bin/python benchmarks/run_suites.py reliability 5          # auto and the OpenTURNS baselines
+    .venv/bin/python benchmarks/run_suites.py stress 5 is,splitting parts   # into benchmarks/parts/
+
+Arguments: suite, number of seeds (default 5), methods (default the suite's), folder
+under benchmarks/ (default benchmarks/ itself).
 """
 
 import sys
@@ -25,6 +29,7 @@ def say(record, done, total):
 
 
 records = run_suite(suite, methods=methods, budgets=budgets, seeds=seeds, progress=say)
-paths = write_suite_report(suite, records, Path(__file__).parent,
+folder = Path(__file__).parent / (sys.argv[4] if len(sys.argv) > 4 else "")
+paths = write_suite_report(suite, records, folder,
                            {"budgets": list(budgets), "seeds": list(seeds), "methods": methods})
 print(paths["markdown"].read_text())
