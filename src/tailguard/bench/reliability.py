@@ -44,15 +44,13 @@ from ..errors import (
     BudgetError,
     InvalidArgumentError,
     MissingExtraError,
-    TailguardError,
-    UnsupportedError,
     require_extra,
 )
 from ..result import Estimate
 from ..specs import OutputAbove
 from .cases import Case
 from .openturns_runner import OT_METHODS, OpenTurnsFailure, run_event
-from .runner import Record, base_record, fill_record
+from .runner import Record, record_of
 
 FORM_METHOD = "openturns-form"
 RELIABILITY_METHODS = (*OT_METHODS, FORM_METHOD)
@@ -574,17 +572,11 @@ def run_openturns_reliability(problem_name: str, method: str, budget: int, seed:
     if method not in RELIABILITY_METHODS:
         raise InvalidArgumentError(
             f"method must be one of {', '.join(RELIABILITY_METHODS)}, got {method!r}")
-    record = base_record(method, reliability_case(problem_name), budget, seed)
     event = openturns_event(problem_name)
-    try:
+
+    def run() -> Estimate:
         if method == FORM_METHOD:
-            est = _run_form(event, budget, seed)
-        else:
-            est = run_event(method, event, _call_counter(event), budget, seed)
-    except (UnsupportedError, BudgetError) as exc:
-        record.update(status="skipped", reason=str(exc))
-        return record
-    except TailguardError as exc:
-        record.update(status="error", reason=f"{type(exc).__name__}: {exc}")
-        return record
-    return fill_record(record, est)
+            return _run_form(event, budget, seed)
+        return run_event(method, event, _call_counter(event), budget, seed)
+
+    return record_of(method, reliability_case(problem_name), budget, seed, run)

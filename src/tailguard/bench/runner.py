@@ -92,17 +92,11 @@ def fill_record(record: Record, est: Estimate) -> Record:
     return record
 
 
-def run_one(method: str, case: Case, budget: int, seed: int) -> Record:
-    """One (method, case, budget, seed) run as a record."""
+def record_of(method: str, case: Case, budget: int, seed: int, run: Callable[[], Estimate]) -> Record:
+    """The record of ``run()``: filled in, or "skipped" (unsupported, budget) or "error" (other failures)."""
     record = base_record(method, case, budget, seed)
     try:
-        if method in OT_METHODS:
-            reason = ot_unsupported_reason(case.dist)
-            if reason is not None:
-                raise UnsupportedError(reason)
-            est = run_openturns(method, case.model, case.dist, case.spec, budget, seed)
-        else:
-            est = estimate(case.model, case.dist, case.spec, method=method, budget=budget, seed=seed)
+        est = run()
     except (UnsupportedError, BudgetError) as exc:
         record.update(status="skipped", reason=str(exc))
         return record
@@ -110,6 +104,20 @@ def run_one(method: str, case: Case, budget: int, seed: int) -> Record:
         record.update(status="error", reason=f"{type(exc).__name__}: {exc}")
         return record
     return fill_record(record, est)
+
+
+def run_one(method: str, case: Case, budget: int, seed: int) -> Record:
+    """One (method, case, budget, seed) run as a record."""
+
+    def run() -> Estimate:
+        if method in OT_METHODS:
+            reason = ot_unsupported_reason(case.dist)
+            if reason is not None:
+                raise UnsupportedError(reason)
+            return run_openturns(method, case.model, case.dist, case.spec, budget, seed)
+        return estimate(case.model, case.dist, case.spec, method=method, budget=budget, seed=seed)
+
+    return record_of(method, case, budget, seed, run)
 
 
 def _tasks(methods: Sequence[str], cases: Sequence[Case], budgets: Sequence[int],
