@@ -71,8 +71,7 @@ def run_auto(
     pilot = MonteCarlo().run(oracle, pilot_draws, generator, confidence)
     hits = pilot.diagnostics["hits"]
     if hits >= PILOT_HITS:
-        rest = MonteCarlo().run(oracle, budget - pilot_draws, generator, confidence)
-        total = counts_outcome(hits + rest.diagnostics["hits"], budget, confidence)
+        total, _ = _top_up(oracle, pilot, budget - pilot_draws, generator, confidence)
         return "mc", replace(total, diagnostics={**total.diagnostics, "pilot_hits": hits})
     left = budget - pilot_draws
     if rare == "cross-check":

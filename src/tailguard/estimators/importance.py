@@ -249,9 +249,8 @@ class ImportanceSampling:
         """``run`` after the mode search: adapt from D and the modes ``found``, then estimate."""
         space = BaseSpace(oracle.dist)
         tuned, start = self._start(space, found)
-        left = budget
-        adapted, used = tuned._adapt(space, oracle.scores, left, start, generator)
-        z = adapted.proposal.sample(left - used, generator)
+        adapted, used = tuned._adapt(space, oracle.scores, budget, start, generator)
+        z = adapted.proposal.sample(budget - used, generator)
         s = oracle.scores(space.to_x(z))
         log_w = space.base_log_prob(z) - adapted.proposal.log_prob(z)
         outcome = _final_outcome(s, log_w, adapted, confidence, self.rho, self.misfit_allowance)

@@ -224,24 +224,30 @@ def _pull_towards_centre(oracle: ScoreOracle, space: BaseSpace, centre: Tensor, 
 
 def _group(space: BaseSpace, z: Tensor, centre: Tensor, log_p: Tensor, s: Tensor,
            max_modes: int) -> tuple[FailureMode, ...]:
-    """Greedy grouping of end points (most probable first) by centre and direction."""
+    """Greedy grouping of end points (most probable first) by centre and direction.
+
+    Each mode is led by its most probable end point; a later point joins the first mode
+    of its centre whose leader points the same way.
+    """
     centres = space.centres()
-    order = torch.argsort(log_p, descending=True)
-    kept: list[list[Any]] = []  # [z, centre, log_p, s, chains, unit direction]
-    for i in order.tolist():
-        c = int(centre[i])
-        offset = z[i] - centres[c]
+    leaders: list[int] = []
+    directions: list[Tensor] = []
+    chains: list[int] = []
+    for i in torch.argsort(log_p, descending=True).tolist():
+        offset = z[i] - centres[int(centre[i])]
         unit = offset / offset.norm().clamp_min(1e-12)
-        for mode in kept:
-            if mode[1] == c and float(unit @ mode[5]) > SAME_DIRECTION:
-                mode[4] += 1
+        for j, lead in enumerate(leaders):
+            if int(centre[lead]) == int(centre[i]) and float(unit @ directions[j]) > SAME_DIRECTION:
+                chains[j] += 1
                 break
         else:
-            if len(kept) < max_modes:
-                kept.append([z[i], c, float(log_p[i]), float(s[i]), 1, unit])
+            if len(leaders) < max_modes:
+                leaders.append(i)
+                directions.append(unit)
+                chains.append(1)
     with torch.no_grad():
         return tuple(
-            FailureMode(z=m[0], x=space.to_x(m[0][None])[0], centre=m[1], log_density=m[2],
-                        score=m[3], chains=m[4])
-            for m in kept
+            FailureMode(z=z[i], x=space.to_x(z[i][None])[0], centre=int(centre[i]),
+                        log_density=float(log_p[i]), score=float(s[i]), chains=n)
+            for i, n in zip(leaders, chains, strict=True)
         )
