@@ -220,3 +220,16 @@ def test_noisy_empirical_linear_margin_matches_the_mixture_formula():
     # many data points each carry a sliver of p; components the elites never visit are
     # dropped, so the estimate can sit a little low with a CI that misses (known limit)
     check(est, truth, 0.15, cover=False)
+
+
+def test_too_few_draws_of_d_per_data_point_refuse_the_upper_end():
+    g = torch.Generator().manual_seed(5)
+    points = torch.randn(1000, 4, generator=g, dtype=torch.float64)
+    dist = tg.NoisyEmpirical(points, 0.5)
+    model = torch.nn.Linear(4, 1, bias=False, dtype=torch.float64)
+    with torch.no_grad():
+        model.weight.fill_(0.5)
+    est = tg.estimate(model, dist, tg.OutputAbove(0, 3.5), method="is", budget=10_000, seed=0)
+    assert math.isfinite(est.log10_p)
+    assert not est.trusted and est.ci_log10[1] == 0.0
+    assert any("times per data point" in w for w in est.warnings)

@@ -265,20 +265,23 @@ class ImportanceSampling:
         return self.defensive_share * n_final / dist.n_components
 
     def _flag_thin_defence(self, outcome: Outcome, dist: NoisyEmpirical, n_final: int) -> Outcome:
-        """Warn when D itself is drawn too rarely per data point to see what the proposal left.
+        """Refuse the upper end when D is drawn too rarely per data point to see what the proposal left.
 
         Failure mass near data points that the cross-entropy fit dropped is sampled only
         through the defensive share; with fewer than MIN_DEFENSIVE_DRAWS draws per point a
-        p spread over many points can be missed with no sign in the weights (measured on
-        the digits case of benchmarks/estimation.md at 3e4 calls).
+        p spread over many points can be missed with no sign in the weights (the digits
+        case of benchmarks/estimation.md: 0.04-0.2 decades low with tight intervals at
+        3e4-1.5e5 calls). The estimate is then a likely underestimate: its lower end stands,
+        its upper end is refused and the outcome is not trusted.
         """
         per_point = self.defensive_draws_per_point(n_final, dist)
-        if per_point >= MIN_DEFENSIVE_DRAWS:
+        if per_point >= MIN_DEFENSIVE_DRAWS or not math.isfinite(outcome.log_p):
             return outcome
         warning = (f"D itself was drawn only {per_point:.1f} times per data point: failures near data "
-                   "points the proposal left would go unseen, so the estimate may be low; "
-                   "a larger budget checks it")
-        return replace(outcome, warnings=(*outcome.warnings, warning))
+                   "points the proposal left would go unseen, so the estimate may be low and no upper "
+                   "end is given; a larger budget checks it")
+        return replace(outcome, ci=(outcome.ci[0], 0.0), warnings=(*outcome.warnings, warning), trusted=False,
+                       assumes="nothing above the estimate: too few draws of D per data point")
 
     def log_prob(
         self,
