@@ -74,9 +74,7 @@ class ImportanceSampling:
     defensive_share: for a NoisyEmpirical D, the share of D itself in the final proposal.
     mode_fraction: the share of the budget spent first on the failure-mode search
     (``modes``), whose modes join D in the first proposal with ``mode_share`` of its
-    mass (0 turns the search off); for a noisy empirical D, whose first proposal already
-    has a component per data point, ``mixture_mode_share`` (a larger share starved the
-    many weakly failing points of the digits case: 0.05-0.09 decades low at 1.5e5 calls).
+    mass (0 turns the search off).
     """
 
     name: ClassVar[str] = "is"
@@ -97,7 +95,6 @@ class ImportanceSampling:
     defensive_share: float = 0.2
     mode_fraction: float = 0.1
     mode_share: float = 0.5
-    mixture_mode_share: float = 0.05
 
     def __post_init__(self) -> None:
         checks = {
@@ -118,7 +115,6 @@ class ImportanceSampling:
             "temperature": self.temperature > 0.0,
             "mode_fraction": 0.0 <= self.mode_fraction < 0.5,
             "mode_share": 0.0 <= self.mode_share < 1.0,
-            "mixture_mode_share": 0.0 <= self.mixture_mode_share < 1.0,
         }
         for key, ok in checks.items():
             if not ok:
@@ -169,8 +165,7 @@ class ImportanceSampling:
         centres = torch.stack([m.z for m in relevant])
         seeded = _gmm.isotropic(torch.full((n,), -math.log(n), dtype=torch.float64), centres)
         tuned = replace(self, max_components=max(self.max_components, n), max_dims=max(self.max_dims, n + 1))
-        share = self.mixture_mode_share if space.is_mixture else self.mode_share
-        return tuned, _gmm.blend(space.initial(), [seeded], share)
+        return tuned, _gmm.blend(space.initial(), [seeded], self.mode_share)
 
     def _adapt(self, space: BaseSpace, score: ScoreFn, budget: int, start: _gmm.Mixture,
                generator: torch.Generator) -> tuple[_Adapted, int]:
