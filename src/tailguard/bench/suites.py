@@ -106,7 +106,7 @@ def _cell(value: Any) -> str:
     if value is None:
         return "–"
     if isinstance(value, float):
-        return "inf" if math.isinf(value) else f"{value:.3f}"
+        return ("inf" if value > 0 else "-inf") if math.isinf(value) else f"{value:.3f}"
     return f"{value:,}" if isinstance(value, int) else str(value)
 
 
