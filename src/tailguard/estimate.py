@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from ._logspace import to_log10
+from .backends import Backend, resolve_backend
 from .dists.base import Distribution
 from .errors import BudgetError, InvalidArgumentError, UnsupportedError
 from .estimators.auto import run_auto
@@ -69,15 +70,19 @@ def estimate(
     seed: int | torch.Generator = 0,
     confidence: float = 0.95,
     progress: bool = False,
+    backend: str | Backend = "local",
     **settings: Any,
 ) -> Estimate:
     """Estimate P_{x~D}[C(x, M(x))] with a confidence interval and its cost in model calls.
 
     ``method`` is "auto" or a registered estimator name ("mc", "is", "splitting",
     "moments"); ``settings`` are that estimator's hyper-parameters. At most
-    ``budget`` inputs are pushed through the model.
+    ``budget`` inputs are pushed through the model. ``backend`` says where the
+    model's no-grad forward passes run: "local" (this process) or "ray" (sharded
+    over Ray workers; a ``RayBackend(shards=...)`` fixes the number of shards).
     """
     _check_common(model, dist, spec)
+    runner = resolve_backend(backend)
     if not isinstance(budget, int) or isinstance(budget, bool) or budget < 1:
         raise BudgetError(f"budget must be a positive int, got {budget!r}")
     if not 0.0 < confidence < 1.0:
@@ -96,7 +101,7 @@ def estimate(
                 f"{estimator.min_budget():,} model calls"
             )
     start = time.perf_counter()
-    with _progress_bar(progress, budget, f"estimate ({method})") as on_calls:
+    with runner.serving(model), _progress_bar(progress, budget, f"estimate ({method})") as on_calls:
         oracle = ScoreOracle(model, dist, spec, on_calls=on_calls)
         if method == "auto":
             chosen, outcome = run_auto(oracle, budget, generator, confidence)
@@ -106,6 +111,8 @@ def estimate(
             used = settings_of(estimator)
     seconds = time.perf_counter() - start
     low, high = outcome.ci
+    if runner.name != "local":  # in-process runs keep the settings they always had
+        used = {**used, "backend": runner.describe()}
     return Estimate(
         log10_p=to_log10(outcome.log_p),
         ci_log10=(to_log10(low), to_log10(high)),

@@ -1,0 +1,126 @@
+"""Backends: where the model's forward passes run. Ray in local mode, one small cluster for the module."""
+
+from __future__ import annotations
+
+import sys
+import threading
+
+import pytest
+import torch
+from torch import nn
+
+import tailguard as tg
+from tailguard.backends import RayBackend, resolve_backend
+
+from .test_tokens import case as token_case
+
+
+def mlp(seed: int = 0) -> nn.Module:
+    """A small 3-output net on 4-dim inputs; under N(0, I) its output 0 exceeds 0.7 with p about 4e-4."""
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(4, 32), nn.ReLU(), nn.Linear(32, 3))
+
+
+GAUSSIAN = tg.Gaussian(torch.zeros(4), std=1.0)
+FAR_CLASS = tg.OutputAbove(0, 0.7)  # rare enough that is and splitting go through their stages
+
+
+def test_an_unknown_backend_names_the_choices() -> None:
+    with pytest.raises(tg.InvalidArgumentError, match=r"\['local', 'ray'\]"):
+        tg.estimate(mlp(), GAUSSIAN, FAR_CLASS, method="mc", budget=100, backend="dask")
+    with pytest.raises(tg.InvalidArgumentError, match="backend must be"):
+        resolve_backend(3)  # type: ignore[arg-type]
+    with pytest.raises(tg.InvalidArgumentError, match="shards must be a positive int"):
+        RayBackend(shards=0)
+
+
+def test_without_the_extra_the_error_names_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)  # makes `import ray` fail as if it were not installed
+    with pytest.raises(tg.MissingExtraError, match=r"tailguard\[ray\]"):
+        tg.estimate(mlp(), GAUSSIAN, FAR_CLASS, method="mc", budget=100, backend="ray")
+
+
+ray = pytest.importorskip("ray")
+
+
+@pytest.fixture(scope="module")
+def backend():
+    """One local Ray of 2 CPUs and one backend of 2 workers for every test here (each start costs seconds)."""
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield RayBackend(shards=2)
+    if started:
+        ray.shutdown()
+
+
+@pytest.mark.parametrize("method, budget", [("mc", 20_000), ("is", 20_000), ("splitting", 20_000)])
+def test_sharded_runs_repeat_exactly_and_agree_with_in_process(
+    backend: RayBackend, method: str, budget: int
+) -> None:
+    model = mlp()
+    first = tg.estimate(model, GAUSSIAN, FAR_CLASS, method=method, budget=budget, seed=3, backend=backend)
+    again = tg.estimate(model, GAUSSIAN, FAR_CLASS, method=method, budget=budget, seed=3, backend=backend)
+    local = tg.estimate(model, GAUSSIAN, FAR_CLASS, method=method, budget=budget, seed=3)
+    for same in ("log10_p", "ci_log10", "diagnostics", "n_model_calls"):
+        assert getattr(first, same) == getattr(again, same)
+    assert first.settings["backend"] == {"name": "ray", "shards": 2, "threads_per_worker": 1}
+    assert "backend" not in local.settings
+    # the same draws and the same model: only float round-off of smaller batches may differ
+    assert first.n_model_calls == local.n_model_calls
+    assert first.log10_p == pytest.approx(local.log10_p, abs=1e-6)
+    assert first.ci_log10 == pytest.approx(local.ci_log10, abs=1e-6)
+    assert -5 < first.log10_p < -2
+    assert "forward" not in vars(model)  # the model is handed back as it came
+
+
+def test_tsis_on_token_inputs_repeats_exactly_and_agrees(backend: RayBackend) -> None:
+    model, dist, spec, _ = token_case(2, 2, 0.1, 4)
+    first = tg.estimate(model, dist, spec, "tsis", budget=4096, seed=5, backend=backend)
+    again = tg.estimate(model, dist, spec, "tsis", budget=4096, seed=5, backend=backend)
+    local = tg.estimate(model, dist, spec, "tsis", budget=4096, seed=5)
+    assert (first.log10_p, first.ci_log10) == (again.log10_p, again.ci_log10)
+    assert first.log10_p == pytest.approx(local.log10_p, abs=1e-6)
+
+
+def test_only_passes_without_autograd_leave_the_process(backend: RayBackend) -> None:
+    model = mlp()
+    local_rows: list[int] = []
+    model[0].register_forward_hook(lambda _m, args, _out: local_rows.append(args[0].shape[0]))
+    x = torch.randn(10, 4)
+    expected = model(x).detach()
+    local_rows.clear()
+    with backend.serving(model):
+        with torch.no_grad():
+            sharded = model(x)
+        assert local_rows == []  # computed by the workers' copies
+        with_grad = model(x)
+        assert local_rows == [10] and with_grad.requires_grad
+    torch.testing.assert_close(sharded, expected)
+    assert "forward" not in vars(model)
+
+
+def test_nan_outputs_from_a_worker_are_a_model_output_error(backend: RayBackend) -> None:
+    model = mlp()
+    with torch.no_grad():
+        model[2].bias[1] = float("nan")
+    with pytest.raises(tg.ModelOutputError, match="NaN or inf"):
+        tg.estimate(model, GAUSSIAN, FAR_CLASS, method="mc", budget=1_000, backend=backend)
+
+
+def test_a_model_failing_in_a_worker_says_where_without_a_remote_traceback(backend: RayBackend) -> None:
+    model = nn.Sequential(nn.Linear(5, 3))  # the inputs have 4 dims
+    failure = r"Ray worker 1 of 2: RuntimeError: mat1 and mat2"
+    with pytest.raises(tg.ShapeMismatchError, match=failure) as info:
+        tg.estimate(model, GAUSSIAN, FAR_CLASS, method="mc", budget=1_000, backend=backend)
+    assert "Traceback" not in str(info.value)
+    assert "forward" not in vars(model)
+
+
+def test_a_model_that_does_not_pickle_or_a_second_model_at_once_is_refused(backend: RayBackend) -> None:
+    model = mlp()
+    model.lock = threading.Lock()  # type: ignore[assignment]
+    with pytest.raises(tg.UnsupportedError, match="does not pickle"):
+        tg.estimate(model, GAUSSIAN, FAR_CLASS, method="mc", budget=100, backend=backend)
+    with backend.serving(mlp()), pytest.raises(tg.UnsupportedError, match="already serves another model"):
+        tg.estimate(mlp(), GAUSSIAN, FAR_CLASS, method="mc", budget=100, backend=backend)
