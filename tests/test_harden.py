@@ -59,25 +59,25 @@ def test_same_seed_gives_the_same_run():
 def test_resume_from_middle_matches_uninterrupted_run(tmp_path, monkeypatch):
     straight = harden_toy(seed=5, **FAST)
     ckpt = tmp_path / "run"
-    from tailguard.harden import trainer
+    from tailguard.harden.game import Game
 
-    real_step = trainer._Run.game_step
+    real_step = Game.loss
     calls = {"n": 0}
 
-    def dying_step(self):
+    def dying_step(self, step, generator):
         calls["n"] += 1
         if calls["n"] == 5:
             raise KeyboardInterrupt  # killed between checkpoints (after step 3's checkpoint)
-        return real_step(self)
+        return real_step(self, step, generator)
 
-    monkeypatch.setattr(trainer._Run, "game_step", dying_step)
+    monkeypatch.setattr(Game, "loss", dying_step)
     with pytest.raises(KeyboardInterrupt):
         harden_toy(
             seed=5,
             checkpoint_dir=ckpt,
             **FAST,
         )
-    monkeypatch.setattr(trainer._Run, "game_step", real_step)
+    monkeypatch.setattr(Game, "loss", real_step)
     resumed = harden_toy(
         seed=5,
         checkpoint_dir=ckpt,

@@ -6,7 +6,14 @@ import pytest
 import torch
 
 import tailguard as tg
-from tailguard.lm import AdversarySettings, PolicySettings, harden_policy, policy_report, train_adversary
+from tailguard.lm import (
+    AdversarySettings,
+    NextTokenIn,
+    PolicySettings,
+    harden_policy,
+    policy_report,
+    train_adversary,
+)
 from tailguard.lm.adversary import leave_one_out
 from tailguard.lm.harden import first_token_kl
 from tailguard.lm.hf import NextTokenLogits
@@ -19,6 +26,7 @@ pytest.importorskip("peft")
 
 VOCAB, LENGTH = 24, 4
 FORBIDDEN = [3, 7]
+SPEC = NextTokenIn(FORBIDDEN)
 #: a tiny random Llama barely moves its output through attention adapters alone
 TARGETS = ("q_proj", "v_proj", "lm_head")
 
@@ -60,9 +68,10 @@ def test_leave_one_out_subtracts_the_mean_of_the_others():
 def test_adversary_training_raises_the_forbidden_mass_it_provokes():
     start, pol = adversary(), WordTriggered()
     before = mean_pi(start, pol)
-    result = train_adversary(start, pol, FORBIDDEN, adversary_settings(beta=0.0))
+    result = train_adversary(start, pol, SPEC, adversary_settings(beta=0.0))
     after = mean_pi(result.dist, pol)
-    assert len(result.history) == 20 and set(result.history[0]) == {"step", "mean_pi", "kl", "objective"}
+    assert len(result.history) == 20
+    assert set(result.history[0]) == {"step", "mean_pi", "kl", "objective", "distinct"}
     assert after > 3 * before, (before, after)
     with adapters_off(result.dist.lm):  # the adversary before training is still there
         assert mean_pi(result.dist, pol) == pytest.approx(before, rel=1e-6)
@@ -73,8 +82,8 @@ def test_adversary_training_raises_the_forbidden_mass_it_provokes():
 
 def test_a_large_kl_penalty_keeps_the_adversary_near_its_start():
     pol = WordTriggered()
-    loose = train_adversary(adversary(), pol, FORBIDDEN, adversary_settings(beta=0.0)).history
-    tight = train_adversary(adversary(), pol, FORBIDDEN, adversary_settings(beta=3.0)).history
+    loose = train_adversary(adversary(), pol, SPEC, adversary_settings(beta=0.0)).history
+    tight = train_adversary(adversary(), pol, SPEC, adversary_settings(beta=3.0)).history
     kl_loose, kl_tight = (sum(h["kl"] for h in run[-5:]) / 5 for run in (loose, tight))
     assert kl_tight < 0.05 * kl_loose, (kl_tight, kl_loose)
     assert kl_tight < 0.5
@@ -88,14 +97,14 @@ def test_hardening_lowers_the_forbidden_mass_with_a_bounded_kl_and_reports_it():
         before = float(forbidden_mass(pol(attacks), FORBIDDEN).mean())
     settings = PolicySettings(steps=30, batch=16, lr=3e-2, kl_weight=1.0, floor=1e-3, lora_rank=4,
                               lora_targets=TARGETS)
-    result = harden_policy(pol, attacks, ordinary, FORBIDDEN, settings)
+    result = harden_policy(pol, attacks, ordinary, SPEC, settings)
     assert result.policy is pol and len(result.history) == 30
     with torch.no_grad():
         after = float(forbidden_mass(pol(attacks), FORBIDDEN).mean())
     assert after < before / 10, (before, after)
     kl = first_token_kl(pol, held_out)
     assert kl.shape == (64,) and (kl >= -1e-9).all() and float(kl.mean()) < 1.0
-    report = policy_report(pol, {"attacks": attacks, "held out": held_out}, FORBIDDEN, held_out)
+    report = policy_report(pol, {"attacks": attacks, "held out": held_out}, SPEC, held_out)
     assert report.before["attacks"].log10_p == pytest.approx(math.log10(before), abs=1e-6)
     assert report.after["attacks"].log10_p == pytest.approx(math.log10(after), abs=1e-6)
     assert report.lowered_by("attacks") == pytest.approx(before / after, rel=1e-5)
@@ -120,18 +129,18 @@ def kill_after(steps):
 
 def test_a_killed_run_resumes_from_its_checkpoint_to_the_same_result(tmp_path):
     settings = adversary_settings(steps=4, batch=8, checkpoint_every=2)
-    full = train_adversary(adversary(), policy(), FORBIDDEN, settings, seed=3)
+    full = train_adversary(adversary(), policy(), SPEC, settings, seed=3)
     with pytest.raises(Killed):
-        train_adversary(adversary(), policy(), FORBIDDEN, settings, seed=3, checkpoint_dir=tmp_path,
+        train_adversary(adversary(), policy(), SPEC, settings, seed=3, checkpoint_dir=tmp_path,
                         progress=kill_after(3))
-    finished = train_adversary(adversary(), policy(), FORBIDDEN, settings, seed=3, checkpoint_dir=tmp_path)
+    finished = train_adversary(adversary(), policy(), SPEC, settings, seed=3, checkpoint_dir=tmp_path)
     assert [h["mean_pi"] for h in finished.history] == pytest.approx([h["mean_pi"] for h in full.history])
     pairs = zip(finished.dist.lm.named_parameters(), full.dist.lm.parameters(), strict=True)
     for (name, p), q in pairs:
         assert torch.allclose(p, q, atol=1e-6), name
     other = adversary_settings(steps=4, batch=8, lr=2e-2, checkpoint_every=2)
-    with pytest.raises(tg.InvalidArgumentError, match="other settings"):
-        train_adversary(adversary(), policy(), FORBIDDEN, other, seed=3, checkpoint_dir=tmp_path)
+    with pytest.raises(tg.InvalidArgumentError, match="different configuration"):
+        train_adversary(adversary(), policy(), SPEC, other, seed=3, checkpoint_dir=tmp_path)
 
 
 @pytest.mark.parametrize("kwargs", [{"steps": 0}, {"batch": 1}, {"lr": 0.0}, {"beta": -1.0},
@@ -149,17 +158,38 @@ def test_bad_policy_settings_are_rejected(kwargs):
 
 
 def test_bad_inputs_are_rejected_with_tailguard_errors():
-    with pytest.raises(tg.InvalidArgumentError, match="forbidden"):
-        train_adversary(adversary(), policy(), [])
+    with pytest.raises(tg.InvalidArgumentError, match="spec must be a tailguard spec"):
+        train_adversary(adversary(), policy(), FORBIDDEN)
     with pytest.raises(tg.InvalidArgumentError, match="LMDistribution"):
-        train_adversary(torch.zeros(3), policy(), FORBIDDEN)
+        train_adversary(torch.zeros(3), policy(), SPEC)
     with pytest.raises(tg.InvalidArgumentError, match="ordinary"):
-        harden_policy(policy(), torch.zeros(2, LENGTH, dtype=torch.long), torch.zeros(0), FORBIDDEN)
+        harden_policy(policy(), torch.zeros(2, LENGTH, dtype=torch.long), torch.zeros(0), SPEC)
     with pytest.raises(tg.InvalidArgumentError, match="NextTokenLogits"):
         harden_policy(WordTriggered(), torch.zeros(2, LENGTH, dtype=torch.long),
-                      torch.zeros(2, LENGTH, dtype=torch.long), FORBIDDEN)
+                      torch.zeros(2, LENGTH, dtype=torch.long), SPEC)
     with pytest.raises(tg.InvalidArgumentError, match="lora_targets|LoRA"):
-        train_adversary(adversary(), policy(), FORBIDDEN, AdversarySettings(lora_targets=("no_such_layer",)))
+        train_adversary(adversary(), policy(), SPEC, AdversarySettings(lora_targets=("no_such_layer",)))
     with pytest.raises(tg.InvalidArgumentError, match="LoRA"):
-        policy_report(policy(), {"x": torch.zeros(2, LENGTH, dtype=torch.long)}, FORBIDDEN,
+        policy_report(policy(), {"x": torch.zeros(2, LENGTH, dtype=torch.long)}, SPEC,
                       torch.zeros(2, LENGTH, dtype=torch.long))
+
+
+def test_adapters_are_drawn_from_their_own_seed_and_leave_the_global_generator_alone():
+    lms = [tiny_llama(VOCAB, seed=0) for _ in range(3)]
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    one = tg.lm.add_lora(lms[0], rank=4, seed=7)
+    assert torch.equal(torch.rand(3), expected)
+    two, other = tg.lm.add_lora(lms[1], rank=4, seed=7), tg.lm.add_lora(lms[2], rank=4, seed=8)
+    a = {k: p for k, p in one.named_parameters() if "lora_A" in k}
+    assert a and all(torch.equal(p, dict(two.named_parameters())[k]) for k, p in a.items())
+    assert not all(torch.equal(p, dict(other.named_parameters())[k]) for k, p in a.items())
+
+
+def test_the_diversity_term_keeps_more_distinct_messages():
+    pol = WordTriggered()
+    plain = train_adversary(adversary(), pol, SPEC, adversary_settings(beta=0.0)).history
+    diverse = train_adversary(adversary(), pol, SPEC, adversary_settings(beta=0.0, diversity=2.0)).history
+    distinct = [sum(h["distinct"] for h in run[-5:]) / 5 for run in (plain, diverse)]
+    assert distinct[1] > distinct[0], distinct

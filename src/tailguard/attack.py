@@ -2,7 +2,8 @@
 
 The search maximises a differentiable estimate of ln P_{D_theta}[C]: the log of
 the mean smooth surrogate exp(spec.soft) over reparameterised draws from
-D_theta. Many starting members are screened cheaply, the best few are refined
+D_theta (``harden.objective.member_log_prob``, the value the defender
+descends). Many starting members are screened cheaply, the best few are refined
 by Adam, and the winner's probability is then estimated properly (with a CI)
 by ``tailguard.estimate``. By the identity P_D[C] = E_q[(p_D/q) C], the member
 found is also a natural importance-sampling proposal for the deployment D.
@@ -18,12 +19,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ._logspace import logmeanexp
 from .dists.base import Distribution
 from .errors import BudgetError, InvalidArgumentError, UnsupportedError
 from .estimate import estimate, make_generator
 from .estimators.base import build
 from .families.base import Family, Params, detach_params
+from .harden.objective import member_log_prob
 from .oracle import ScoreOracle, eval_mode
 from .result import Estimate
 from .specs import Spec
@@ -154,20 +155,6 @@ class AttackResult:
         }
 
 
-def surrogate_log_prob(
-    oracle: ScoreOracle,
-    family: Family,
-    params: Params,
-    n: int,
-    temperature: float,
-    generator: torch.Generator,
-) -> Tensor:
-    """ln mean exp(spec.soft) over n reparameterised draws from D_theta, minus the penalty."""
-    x = family.member(params).rsample(n, generator)
-    log_soft = oracle.spec.soft(x, oracle.outputs(x), temperature).double()
-    return logmeanexp(log_soft) - family.penalty(params)
-
-
 def refine(
     oracle: ScoreOracle,
     family: Family,
@@ -182,7 +169,7 @@ def refine(
     best, best_value, trace = detach_params(params), -math.inf, []
     for _ in range(steps):
         before = detach_params(params)
-        value = surrogate_log_prob(oracle, family, params, settings.samples, settings.temperature, generator)
+        value = member_log_prob(oracle, family, params, settings.samples, settings.temperature, generator)
         trace.append(float(value.detach()))
         if trace[-1] > best_value:
             best_value, best = trace[-1], before
@@ -229,12 +216,12 @@ def attack(
     generator, _ = make_generator(seed)
     starts = family.candidates(cfg.candidates, generator)
     check_supported(cfg.method, model, family.member(starts[0]), spec, "method")
-    oracle = ScoreOracle(model, family.member(starts[0]), spec)
+    oracle = ScoreOracle.for_model(model, spec)
     history: list[list[float]] = []
     with eval_mode(model):
         with torch.no_grad():
             screen = [
-                float(surrogate_log_prob(oracle, family, p, screen_n, cfg.temperature, generator))
+                float(member_log_prob(oracle, family, p, screen_n, cfg.temperature, generator))
                 for p in starts
             ]
         order = sorted(range(len(starts)), key=lambda i: -screen[i])[: cfg.restarts]

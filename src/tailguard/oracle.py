@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from .dists.base import Distribution
-from .errors import ModelOutputError, ShapeMismatchError
+from .errors import InvalidArgumentError, ModelOutputError, ShapeMismatchError
 from .specs import Spec
 
 
@@ -38,6 +38,10 @@ def model_dtype_device(model: nn.Module) -> tuple[torch.dtype, torch.device]:
 class ScoreOracle:
     """Scores inputs under (model, spec) and counts model calls.
 
+    The oracle binds a model and a spec; the distribution the inputs come from is
+    either fixed at construction (an estimator's D) or handed over per call
+    (``dist=``), so one oracle serves every member of a family and keeps one call
+    count across them (``for_model``). Inputs from D are checked against it.
     ``on_calls(n)`` is called after every batch with the number of rows it cost,
     which is how progress bars follow long estimates.
     """
@@ -45,7 +49,7 @@ class ScoreOracle:
     def __init__(
         self,
         model: nn.Module,
-        dist: Distribution,
+        dist: Distribution | None,
         spec: Spec,
         batch_size: int = 32_768,
         on_calls: Callable[[int], None] | None = None,
@@ -53,28 +57,49 @@ class ScoreOracle:
         if not isinstance(model, nn.Module):
             raise ShapeMismatchError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         self.model = model
-        self.dist = dist
+        self._dist = dist
         self.spec = spec
         self.batch_size = batch_size
         self.on_calls = on_calls
         self.n_calls = 0
         self.dtype, self.device = model_dtype_device(model)
 
-    def _prepare(self, x: Tensor) -> Tensor:
-        if self.dist.is_discrete:
+    @property
+    def dist(self) -> Distribution:
+        """The fixed D of an estimator's oracle (an oracle ``for_model`` has none)."""
+        if self._dist is None:
+            raise InvalidArgumentError("this oracle has no fixed distribution; pass dist= with each call")
+        return self._dist
+
+    @classmethod
+    def for_model(cls, model: nn.Module, spec: Spec, batch_size: int = 32_768) -> ScoreOracle:
+        """An oracle with no fixed D: every call names the distribution its inputs come from."""
+        return cls(model, None, spec, batch_size)
+
+    def _source(self, x: Tensor, dist: Distribution | None) -> Distribution | None:
+        """The distribution x is drawn from (the call's, else the oracle's), after checking x against it."""
+        source = dist if dist is not None else self._dist
+        if source is not None:
+            source.check_inputs(x)
+        return source
+
+    def _prepare(self, x: Tensor, source: Distribution | None) -> Tensor:
+        """x on the model's device; continuous inputs in its dtype, discrete ones (token ids) as they are."""
+        discrete = source.is_discrete if source is not None else not x.is_floating_point()
+        if discrete:
             return x.to(self.device)
         return x.to(device=self.device, dtype=self.dtype)
 
-    def outputs(self, x: Tensor) -> Tensor:
+    def outputs(self, x: Tensor, dist: Distribution | None = None) -> Tensor:
         """Model outputs for x (n, *event_shape), in one pass, with autograd left on."""
-        self.dist.check_inputs(x)
+        source = self._source(x, dist)
         n = x.shape[0]
         try:
-            y = self.model(self._prepare(x))
+            y = self.model(self._prepare(x, source))
         except (RuntimeError, ValueError, IndexError, TypeError) as exc:
+            origin = f" drawn from {source!r}" if source is not None else ""
             raise ShapeMismatchError(
-                f"the model failed on inputs of shape {tuple(x.shape)} drawn from "
-                f"{self.dist!r}: {exc}"
+                f"the model failed on inputs of shape {tuple(x.shape)}{origin}: {exc}"
             ) from exc
         self.n_calls += n
         if self.on_calls is not None:
@@ -88,14 +113,14 @@ class ScoreOracle:
             raise ModelOutputError(f"the model returned NaN or inf for {rows} of {n} inputs")
         return y
 
-    def features(self, x: Tensor, fn: Callable[[Tensor], Tensor]) -> Tensor:
+    def features(self, x: Tensor, fn: Callable[[Tensor], Tensor], dist: Distribution | None = None) -> Tensor:
         """``fn`` (a part of the model, e.g. its final activations) on x, batched, counted as model calls."""
-        self.dist.check_inputs(x)
+        source = self._source(x, dist)
         parts = []
         with torch.no_grad(), eval_mode(self.model):
             for start in range(0, x.shape[0], self.batch_size):
                 chunk = x[start : start + self.batch_size]
-                out = fn(self._prepare(chunk))
+                out = fn(self._prepare(chunk, source))
                 self.n_calls += chunk.shape[0]
                 if self.on_calls is not None:
                     self.on_calls(chunk.shape[0])
@@ -104,18 +129,18 @@ class ScoreOracle:
                 parts.append(out.double().cpu())
         return torch.cat(parts)
 
-    def scores_with_grad(self, x: Tensor) -> Tensor:
+    def scores_with_grad(self, x: Tensor, dist: Distribution | None = None) -> Tensor:
         """Scores (n,) float64 with gradients to the model (one batch, for differentiable use)."""
-        y = self.outputs(x)
+        y = self.outputs(x, dist)
         return self._check_scores(self.spec.score(x, y), x.shape[0]).double()
 
-    def scores(self, x: Tensor) -> Tensor:
+    def scores(self, x: Tensor, dist: Distribution | None = None) -> Tensor:
         """Scores (n,) float64, batched, without gradients."""
         parts = []
         with torch.no_grad(), eval_mode(self.model):
             for start in range(0, x.shape[0], self.batch_size):
                 chunk = x[start : start + self.batch_size]
-                s = self.spec.score(chunk, self.outputs(chunk))
+                s = self.spec.score(chunk, self.outputs(chunk, dist))
                 parts.append(self._check_scores(s, chunk.shape[0]).double().cpu())
         return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.float64)
 

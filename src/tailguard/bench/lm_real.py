@@ -45,7 +45,7 @@ import torch
 import tailguard as tg
 
 from ..errors import InvalidArgumentError
-from ..lm import chat_policy, load_smollm2
+from ..lm import NextTokenIn, chat_policy, load_smollm2
 from ..lm.adversary import AdversarySettings, train_adversary
 from ..lm.harden import PolicySettings, harden_policy, mass_on, policy_report
 from ..lm.proposal import expected_forbidden_mass
@@ -122,6 +122,7 @@ def run(out: Path, sizes: RealRunSizes = RealRunSizes(), cache_dir: str | Path |
     prompted = writer(load_smollm2(cache_dir)[0], ADVERSARY_PROMPT)
     policy = chat_policy(load_smollm2(cache_dir)[0], tokenizer, system=SYSTEM)
     forbidden = forbidden_ids(tokenizer)
+    spec = NextTokenIn(forbidden)
     g = torch.Generator().manual_seed(seed)
     messages = {"deployment D": deployment.sample(sizes.eval_deployment, g),
                 "adversary (prompted)": prompted.sample(sizes.eval_attack, g)}
@@ -129,7 +130,7 @@ def run(out: Path, sizes: RealRunSizes = RealRunSizes(), cache_dir: str | Path |
         messages[f"held-out attack prompt {i + 1}"] = writer(base, prompt).sample(sizes.eval_attack, g)
     say(f"sampled evaluation messages ({time.perf_counter() - started:.0f} s)")
 
-    attack = train_adversary(prompted, policy, forbidden, sizes.adversary, seed=seed,
+    attack = train_adversary(prompted, policy, spec, sizes.adversary, seed=seed,
                              checkpoint_dir=out / "checkpoints" / "adversary",
                              progress=_steps(say, "adversary"))
     adversary = attack.dist
@@ -146,23 +147,23 @@ def run(out: Path, sizes: RealRunSizes = RealRunSizes(), cache_dir: str | Path |
         row: dict[str, Any] = {"round": r}
         if rounds:  # train also on what the re-trained adversary writes; measure what it did to those
             pools.append(adversary.sample(sizes.pool, g))
-        hardened = harden_policy(policy, torch.cat(pools), ordinary, forbidden, sizes.policy,
+        hardened = harden_policy(policy, torch.cat(pools), ordinary, spec, sizes.policy,
                                  seed=seed + r - 1, checkpoint_dir=out / "checkpoints" / f"policy-{r}",
                                  progress=_steps(say, f"policy round {r}"))
         row.update(attack_pool=sum(x.shape[0] for x in pools), policy_history=hardened.history,
-                   deployment_after=_row(mass_on(policy, messages["deployment D"], forbidden)))
+                   deployment_after=_row(mass_on(policy, messages["deployment D"], spec)))
         if rounds:
-            row["previous_attack_after"] = _row(mass_on(policy, rounds[-1]["x"], forbidden))
+            row["previous_attack_after"] = _row(mass_on(policy, rounds[-1]["x"], spec))
         say(f"policy hardened, round {r} ({time.perf_counter() - started:.0f} s)")
         # the adversary adapts: trained again, now against the hardened policy
-        again = train_adversary(adversary, policy, forbidden, sizes.adversary, seed=seed + r,
+        again = train_adversary(adversary, policy, spec, sizes.adversary, seed=seed + r,
                                 checkpoint_dir=out / "checkpoints" / f"adversary-vs-hardened-{r}",
                                 progress=_steps(say, f"re-attack {r}"))
         x = adversary.sample(sizes.eval_attack, g)
-        row.update(readapt_history=again.history, readapted=_row(mass_on(policy, x, forbidden)),
+        row.update(readapt_history=again.history, readapted=_row(mass_on(policy, x, spec)),
                    readapted_examples=[tokenizer.decode(m) for m in x[:4]], x=x)
         rounds.append(row)
-    report = policy_report(policy, messages, forbidden, messages["deployment D"])
+    report = policy_report(policy, messages, spec, messages["deployment D"])
     # the first fine-tuned adversary again: the same proposal and seed, so the same draws as before
     _load_adapters(adversary.lm, first_adapters)
     via_adversary_after = expected_forbidden_mass(policy, deployment, forbidden, sizes.eval_deployment,
@@ -303,9 +304,9 @@ def plot(results: dict[str, Any], path: Path) -> None:
     left.legend(fontsize=8, loc="center right")
     h = [row for r in results["rounds"] for row in r["policy_history"]]
     steps = list(range(len(h)))
-    for key, label, color in (("mean_pi_attacks", "attack messages", "C3"),
-                              ("mean_pi_ordinary", "D messages", "C2")):
-        right.plot(steps, [math.log10(max(r[key], 1e-300)) for r in h], color=color, label=label)
+    for key, label, color in (("attacks_log10_p", "attack messages", "C3"),
+                              ("ordinary_log10_p", "D messages", "C2")):
+        right.plot(steps, [r[key] for r in h], color=color, label=label)
     right_kl.plot(steps, [r["kl"] for r in h], color="k", ls=":")
     for r in results["rounds"][1:]:
         right.axvline((r["round"] - 1) * len(r["policy_history"]), color="grey", lw=0.8)

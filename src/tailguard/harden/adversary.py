@@ -1,79 +1,125 @@
-"""The adversary's side of the hardening game: a pool of worst-case members of a family.
+"""The adversary's side of the hardening game: a protocol and the adversaries over inputs.
 
-The pool holds several members at once (a failure found at one patch position
-does not mean there is none at another). Each step ascends every member's
-surrogate log-probability by one Adam step; from time to time fresh candidates
-are screened and the weakest member is replaced when a candidate beats it, so
-the adversary keeps exploring as the model closes the holes it knows about.
+An ``Adversary`` moves against the current policy (``step``, the policy frozen)
+and estimates ln P[C] on its own distribution, differentiably in the policy
+(``log_probs``, the adversary frozen); the game floors and weights those values
+(``harden.objective``). Here:
+
+- ``FamilyAdversary``: a pool of members of a ``Family`` kept near the model's
+  worst case. Several members at once (a failure found at one patch position
+  does not mean there is none at another); each step ascends every member's
+  reparameterised surrogate by one Adam step; from time to time fresh candidates
+  are screened and the weakest member is replaced when a candidate beats it, so
+  the adversary keeps exploring as the model closes the holes it knows about.
+- ``FixedAdversary``: a distribution that does not move (the deployment
+  distribution, any tailguard ``Distribution``) or a fixed pool of inputs (the
+  messages an earlier adversary wrote).
+
+The language-model adversary (REINFORCE over a LoRA-tuned writer) is
+``tailguard.lm.adversary.LMAdversary``.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any, Protocol
+
 import torch
 from torch import Tensor
 
-from ..attack import surrogate_log_prob
+from .._logspace import logmeanexp
+from ..attack import check_positive_float, check_positive_int
+from ..dists.base import Distribution
+from ..errors import InvalidArgumentError
+from ..estimate import log_prob
 from ..families.base import Family, Params, detach_params
 from ..oracle import ScoreOracle
+from .checkpoint import flatten_optimizer, unflatten_optimizer
+from .objective import member_log_prob, surrogate_log_prob
 
 
-class AdversaryPool:
-    """``size`` members of ``family`` kept near the model's worst case."""
+class Adversary(Protocol):
+    """One player against the policy; ``floor`` (natural log) and ``weight`` are its term's."""
 
-    def __init__(self, family: Family, members: list[Params], lr: float):
-        self.family = family
-        self.lr = lr
-        self.members = members
-        self._reset_optimizer()
+    name: str
+    floor: float
+    weight: float
+
+    def step(self, step: int, generator: torch.Generator) -> dict[str, float]:
+        """One move against the current (frozen) policy; figures for the step's row."""
+        ...
+
+    def log_probs(self, generator: torch.Generator) -> Tensor:
+        """ln P_hat[C] (k,) on each of its k distributions, differentiable in the policy."""
+        ...
+
+    def state(self) -> tuple[dict[str, Tensor], dict[str, Any]]: ...
+
+    def load_state(self, tensors: dict[str, Tensor], meta: dict[str, Any]) -> None: ...
+
+
+@dataclass(frozen=True)
+class PoolSettings:
+    """Pool size, candidates screened at the start, draws per surrogate, its temperature,
+    Adam's step on the members, and how often (steps) fresh candidates are tried."""
+
+    pool_size: int = 6
+    candidates: int = 72
+    samples: int = 128
+    temperature: float = 0.25
+    lr: float = 0.3
+    refresh_every: int = 10
+
+    def __post_init__(self) -> None:
+        for name in ("pool_size", "candidates", "samples", "refresh_every"):
+            check_positive_int(getattr(self, name), name)
+        for name in ("temperature", "lr"):
+            check_positive_float(getattr(self, name), name)
+        if self.pool_size > self.candidates:
+            raise InvalidArgumentError("pool_size must not exceed candidates")
+
+
+class FamilyAdversary:
+    """``settings.pool_size`` members of ``family`` kept near the model's worst case."""
+
+    def __init__(self, name: str, family: Family, oracle: ScoreOracle, settings: PoolSettings,
+                 floor: float, weight: float = 1.0):
+        self.name, self.family, self.oracle, self.settings = name, family, oracle, settings
+        self.floor, self.weight = floor, weight
+        self.members: list[Params] = []
+        self.optimizer: torch.optim.Optimizer | None = None
+
+    def _value(self, params: Params, n: int, generator: torch.Generator) -> Tensor:
+        return member_log_prob(self.oracle, self.family, params, n, self.settings.temperature, generator)
+
+    def _screen(self, n_candidates: int, n: int, generator: torch.Generator) -> tuple[list[Params], Tensor]:
+        starts = self.family.candidates(n_candidates, generator)
+        with torch.no_grad():
+            values = torch.stack([self._value(p, n, generator) for p in starts])
+        return starts, values
 
     def _reset_optimizer(self) -> None:
         leaves = [p for m in self.members for p in m.values() if p.requires_grad]
-        self.optimizer = torch.optim.Adam(leaves, lr=self.lr)
+        self.optimizer = torch.optim.Adam(leaves, lr=self.settings.lr)
 
-    @classmethod
-    def screened(
-        cls,
-        family: Family,
-        oracle: ScoreOracle,
-        size: int,
-        n_candidates: int,
-        samples: int,
-        temperature: float,
-        lr: float,
-        generator: torch.Generator,
-    ) -> AdversaryPool:
-        """The ``size`` best of ``n_candidates`` fresh candidates by surrogate value."""
-        starts = family.candidates(n_candidates, generator)
-        with torch.no_grad():
-            values = [
-                float(surrogate_log_prob(oracle, family, p, samples, temperature, generator))
-                for p in starts
-            ]
-        order = sorted(range(len(starts)), key=lambda i: -values[i])[:size]
-        return cls(family, [starts[i] for i in order], lr)
+    def start(self, generator: torch.Generator) -> None:
+        """The pool: the best ``pool_size`` of ``candidates`` fresh candidates by surrogate value."""
+        cfg = self.settings
+        starts, values = self._screen(cfg.candidates, cfg.samples, generator)
+        order = torch.argsort(values, descending=True, stable=True)[: cfg.pool_size]
+        self.members = [starts[int(i)] for i in order]
+        self._reset_optimizer()
 
-    def log_probs(
-        self,
-        oracle: ScoreOracle,
-        samples: int,
-        temperature: float,
-        generator: torch.Generator,
-        frozen: bool = False,
-    ) -> Tensor:
-        """Surrogate ln P[C] of every member, (size,); ``frozen`` detaches the members."""
+    def _member_values(self, generator: torch.Generator, frozen: bool) -> Tensor:
         members = [detach_params(m) for m in self.members] if frozen else self.members
-        return torch.stack(
-            [
-                surrogate_log_prob(oracle, self.family, m, samples, temperature, generator)
-                for m in members
-            ]
-        )
+        return torch.stack([self._value(m, self.settings.samples, generator) for m in members])
 
-    def ascend(
-        self, oracle: ScoreOracle, samples: int, temperature: float, generator: torch.Generator
-    ) -> Tensor:
-        """One Adam step up for every member, with the model frozen; returns the values before it."""
-        values = self.log_probs(oracle, samples, temperature, generator)
+    def step(self, step: int, generator: torch.Generator) -> dict[str, float]:
+        """One Adam step up for every member; every ``refresh_every`` steps a fresh candidate may enter."""
+        if not self.members:
+            self.start(generator)
+        assert self.optimizer is not None
+        values = self._member_values(generator, frozen=False)
         leaves = self.optimizer.param_groups[0]["params"]
         grads = torch.autograd.grad(-values.sum(), leaves)
         for leaf, g in zip(leaves, grads, strict=True):
@@ -82,47 +128,97 @@ class AdversaryPool:
         with torch.no_grad():
             for m in self.members:
                 self.family.project(m)
-        return values.detach()
+        if step % self.settings.refresh_every == 0:
+            self._refresh(values.detach(), generator)
+        return {}
 
-    def refresh(
-        self,
-        oracle: ScoreOracle,
-        current: Tensor,
-        n_candidates: int,
-        samples: int,
-        temperature: float,
-        generator: torch.Generator,
-    ) -> bool:
+    def _refresh(self, current: Tensor, generator: torch.Generator) -> None:
         """Replace the weakest member by the best fresh candidate if it is stronger."""
-        starts = self.family.candidates(n_candidates, generator)
+        cfg = self.settings
+        starts, values = self._screen(cfg.candidates // 4 or 1, cfg.samples // 2 or 1, generator)
+        best, weakest = int(values.argmax()), int(current.argmin())
+        if values[best] > current[weakest]:
+            self.members[weakest] = starts[best]
+            self._reset_optimizer()
+
+    def log_probs(self, generator: torch.Generator) -> Tensor:
+        return self._member_values(generator, frozen=True)
+
+    def worst(self, generator: torch.Generator) -> Params:
+        """The member with the highest surrogate now (detached)."""
         with torch.no_grad():
-            values = torch.stack(
-                [
-                    surrogate_log_prob(oracle, self.family, p, samples, temperature, generator)
-                    for p in starts
-                ]
-            )
-        best = int(values.argmax())
-        weakest = int(current.argmin())
-        if values[best] <= current[weakest]:
-            return False
-        self.members[weakest] = starts[best]
-        self._reset_optimizer()
-        return True
+            values = self._member_values(generator, frozen=True)
+        return detach_params(self.members[int(values.argmax())])
 
-    def state(self) -> dict[str, Tensor]:
-        """Member parameters as flat tensors for a checkpoint."""
-        return {
-            f"{i}.{k}": v for i, m in enumerate(self.members) for k, v in detach_params(m).items()
-        }
+    def state(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
+        assert self.optimizer is not None
+        opt_tensors, opt_meta = flatten_optimizer(self.optimizer.state_dict())
+        members = {f"{i}.{k}": v for i, m in enumerate(self.members) for k, v in detach_params(m).items()}
+        return {**members, **{f"optimizer/{k}": v for k, v in opt_tensors.items()}}, {"optimizer": opt_meta}
 
-    @staticmethod
-    def members_from_state(tensors: dict[str, Tensor], template: Params) -> list[Params]:
+    def load_state(self, tensors: dict[str, Tensor], meta: dict[str, Any]) -> None:
+        template = self.family.candidates(1, torch.Generator())[0]
         members: dict[int, Params] = {}
+        opt_tensors = {}
         for key, value in tensors.items():
+            if key.startswith("optimizer/"):
+                opt_tensors[key.removeprefix("optimizer/")] = value
+                continue
             i, name = key.split(".", 1)
             v = value.clone()
             if template[name].requires_grad:
                 v.requires_grad_(True)
             members.setdefault(int(i), {})[name] = v
-        return [members[i] for i in sorted(members)]
+        self.members = [members[i] for i in sorted(members)]
+        self._reset_optimizer()
+        assert self.optimizer is not None
+        self.optimizer.load_state_dict(unflatten_optimizer(opt_tensors, meta["optimizer"]))
+
+
+ESTIMATORS = ("surrogate", "is")
+
+
+class FixedAdversary:
+    """A distribution that does not move, or a fixed pool of inputs (m, *event_shape).
+
+    ``estimator`` "surrogate": ln mean exp(spec.soft) over ``samples`` draws
+    (reparameterised where the distribution allows); "is": ``tailguard.log_prob``
+    with importance sampling, for distributions (e.g. conditioned ones) whose
+    draws carry no gradient but whose density does.
+    """
+
+    def __init__(self, name: str, source: Distribution | Tensor, oracle: ScoreOracle, samples: int,
+                 temperature: float, floor: float, weight: float = 1.0, estimator: str = "surrogate"):
+        if not isinstance(source, Distribution | Tensor):
+            raise InvalidArgumentError(
+                f"{name} must be a tailguard distribution or a tensor of inputs, got {type(source).__name__}"
+            )
+        if isinstance(source, Tensor) and (source.dim() < 1 or source.shape[0] < 1):
+            raise InvalidArgumentError(f"{name} must hold at least one input, got {tuple(source.shape)}")
+        if estimator not in ESTIMATORS or (estimator == "is" and isinstance(source, Tensor)):
+            raise InvalidArgumentError(f"estimator must be one of {ESTIMATORS} ('is' needs a distribution), "
+                                       f"got {estimator!r}")
+        self.name, self.source, self.oracle = name, source, oracle
+        self.samples, self.temperature = check_positive_int(samples, "samples"), temperature
+        self.floor, self.weight, self.estimator = floor, weight, estimator
+
+    def step(self, step: int, generator: torch.Generator) -> dict[str, float]:
+        return {}
+
+    def log_probs(self, generator: torch.Generator) -> Tensor:
+        source = self.source
+        if isinstance(source, Tensor):
+            x = source[torch.randint(source.shape[0], (self.samples,), generator=generator)]
+            soft = self.oracle.spec.soft(x, self.oracle.outputs(x), self.temperature)
+            return logmeanexp(soft.double())[None]
+        if self.estimator == "is":
+            value = log_prob(self.oracle.model, source, self.oracle.spec, method="is", budget=self.samples,
+                             seed=generator)
+            return value.double().reshape(1)
+        return surrogate_log_prob(self.oracle, source, self.samples, self.temperature, generator)[None]
+
+    def state(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
+        return {}, {}
+
+    def load_state(self, tensors: dict[str, Tensor], meta: dict[str, Any]) -> None:
+        return None

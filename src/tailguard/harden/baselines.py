@@ -1,11 +1,12 @@
-"""The methods ``harden`` is benchmarked against, run in the same harness as ``harden`` itself.
+"""The methods ``harden`` is benchmarked against: plug-ins of the same game loop.
 
-Every baseline fine-tunes a copy of the model on the clean training data with
-the same optimiser, batch size, learning rate and number of steps as
-``harden``; it is judged at the same interval by the same validated estimators
-on the same held-out members of the family (and the same deployment
-distribution), and returns the same ``HardenResult(model, report)``. Only the
-extra loss term differs:
+Every baseline fine-tunes a copy of the model on the clean training data in
+``harden.game.train_loop`` with the same policy (``ClassifierPolicy``),
+optimiser, batch size, learning rate and number of steps as ``harden``; it is
+judged at the same interval by the same validated estimators on the same
+held-out members of the family (and the same deployment distribution), and
+returns the same ``HardenResult(model, report)``. Only the extra loss term (a
+``LossTerm`` plug-in of ``harden.game.Game``) differs:
 
 1. ``standard``: none (plain cross-entropy fine-tuning: what doing nothing special gives).
 2. ``finetune_adversary``: cross-entropy on samples of the worst members that
@@ -29,23 +30,35 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import time
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from ..attack import attack
 from ..dists.base import Distribution
-from ..errors import InvalidArgumentError, ShapeMismatchError, TrainingDivergedError, UnsupportedError
+from ..errors import InvalidArgumentError, ShapeMismatchError, UnsupportedError
 from ..families.base import Family
 from ..families.patch import PatchFamily
-from ..oracle import eval_mode
+from ..oracle import ScoreOracle, eval_mode
 from ..specs import Spec
+from .game import Game, LoopSettings, LossTerm, train_loop
 from .latent import LatentPGD, check_layer
+from .objective import Objective
 from .patch_pgd import PatchPGD
-from .trainer import HardenResult, HardenSettings, _check_train, _Run, check_game, reject_unknown_settings
+from .policy import Batch, ClassifierPolicy
+from .report import HardenReport
+from .trainer import (
+    HardenResult,
+    HardenSettings,
+    _check_train,
+    _held_out_members,
+    check_game,
+    held_out_evaluation,
+    probe,
+    reject_unknown_settings,
+)
 
 
 def _require(cfg: object, names: tuple[str, ...], positive_int: bool) -> None:
@@ -148,22 +161,12 @@ _SETTINGS: dict[str, type[BaselineSettings]] = {
 BASELINES = tuple(_SETTINGS)
 
 
-class _Method(Protocol):
-    """A baseline's extra loss on a clean batch x (b, ...), y (b,), with the rows it may attack."""
-
-    model_calls: int
-
-    def adversarial_loss(
-        self, x: Tensor, y: Tensor, safe: Tensor
-    ) -> tuple[Tensor | None, dict[str, float]]: ...
-
-
 class _Clean:
     """No extra term: plain fine-tuning."""
 
     model_calls = 0
 
-    def adversarial_loss(self, x: Tensor, y: Tensor, safe: Tensor) -> tuple[Tensor | None, dict[str, float]]:
+    def loss(self, batch: Batch, generator: torch.Generator) -> tuple[Tensor | None, dict[str, float]]:
         return None, {}
 
 
@@ -181,85 +184,55 @@ def base_labels(family: PatchFamily, x: Tensor, y: Tensor, model: nn.Module) -> 
 
 
 class _AdversarySamples:
-    """Cross-entropy on draws from the attack's members, labelled by their mixture component."""
+    """Cross-entropy on draws from the attack's members, labelled by their mixture component.
 
-    def __init__(self, run: _Run, cfg: FinetuneAdversarySettings):
-        family = run.family
-        assert isinstance(family, PatchFamily)
+    The attacks run on the starting model at the first step, with the run's generator.
+    """
+
+    def __init__(self, model: nn.Module, spec: Spec, family: PatchFamily, train: tuple[Tensor, Tensor],
+                 cfg: FinetuneAdversarySettings):
+        self.model, self.spec, self.family, self.cfg = model, spec, family, cfg
+        self.labels = base_labels(family, *train, model)
+        self.centres: Tensor | None = None
+        self.model_calls = 0
+
+    def _attack(self, generator: torch.Generator, dtype: torch.dtype) -> Tensor:
+        cfg = self.cfg
         found = [
-            attack(
-                run.model,
-                run.spec,
-                family,
-                budget=cfg.attack_budget,
-                seed=run.generator,
-                method=cfg.attack_method,
-            )
+            attack(self.model, self.spec, self.family, budget=cfg.attack_budget, seed=generator,
+                   method=cfg.attack_method)
             for _ in range(cfg.attacks)
         ]
         self.model_calls = sum(a.n_model_calls for a in found)
-        stamped = [family.member(a.params).points for a in found]
-        self.centres = torch.stack(stamped).to(run.x.dtype)  # (A, N, H, W), component k on base k
-        self.labels = base_labels(family, run.x, run.y, run.model)
-        self.noise_std, self.n = family.noise_std, cfg.adv_batch
-        self.model, self.generator = run.model, run.generator
+        stamped = [self.family.member(a.params).points for a in found]
+        return torch.stack(stamped).to(dtype)  # (A, N, H, W), component k on base k
 
-    def adversarial_loss(self, x: Tensor, y: Tensor, safe: Tensor) -> tuple[Tensor | None, dict[str, float]]:
+    def loss(self, batch: Batch, generator: torch.Generator) -> tuple[Tensor | None, dict[str, float]]:
+        if self.centres is None:
+            self.centres = self._attack(generator, batch[0].dtype)
         n_members, n_components = self.centres.shape[:2]
-        member = torch.randint(n_members, (self.n,), generator=self.generator)
-        component = torch.randint(n_components, (self.n,), generator=self.generator)
+        n = self.cfg.adv_batch
+        member = torch.randint(n_members, (n,), generator=generator)
+        component = torch.randint(n_components, (n,), generator=generator)
         centre = self.centres[member, component]
-        xs = centre + self.noise_std * torch.randn(centre.shape, generator=self.generator)
+        xs = centre + self.family.noise_std * torch.randn(centre.shape, generator=generator)
         loss = nn.functional.cross_entropy(self.model(xs), self.labels[component])
         return loss, {"adversarial_loss": float(loss.detach())}
 
 
-def _method(run: _Run, cfg: BaselineSettings) -> _Method:
+def _plug_in(model: nn.Module, spec: Spec, family: Family, train: tuple[Tensor, Tensor],
+             cfg: BaselineSettings) -> LossTerm:
     if isinstance(cfg, FinetuneAdversarySettings):
-        return _AdversarySamples(run, cfg)
+        assert isinstance(family, PatchFamily)
+        return _AdversarySamples(model, spec, family, train, cfg)
     if isinstance(cfg, PGDSettings):
-        assert isinstance(run.family, PatchFamily)
-        return PatchPGD(
-            run.model, run.spec, run.family, cfg.positions, cfg.pgd_steps, cfg.pgd_step_size, run.generator
-        )
+        assert isinstance(family, PatchFamily)
+        return PatchPGD(model, spec, family, cfg.positions, cfg.pgd_steps, cfg.pgd_step_size)
     if isinstance(cfg, LATSettings):
-        layer = check_layer(run.model, cfg.layer)
-        assert isinstance(run.model, nn.Sequential)
-        return LatentPGD(run.model, run.spec, layer, cfg.epsilon, cfg.pgd_steps, cfg.targeted)
+        layer = check_layer(model, cfg.layer)
+        assert isinstance(model, nn.Sequential)
+        return LatentPGD(model, spec, layer, cfg.epsilon, cfg.pgd_steps, cfg.targeted)
     return _Clean()
-
-
-def safe_rows(spec: Spec, x: Tensor, y: Tensor, n_classes: int) -> Tensor:
-    """(b,) bool: rows whose correct answer, as a one-hot output, is not itself a catastrophe."""
-    return spec.score(x, nn.functional.one_hot(y, n_classes).to(x.dtype)) <= 0
-
-
-def _train_step(run: _Run, method: _Method, cfg: BaselineSettings) -> dict[str, float]:
-    """One Adam step on task loss + adv_weight * the method's adversarial loss."""
-    run.model.train()
-    idx = torch.randint(run.x.shape[0], (cfg.batch_size,), generator=run.generator)
-    xb, yb = run.x[idx], run.y[idx]
-    logits = run.model(xb)
-    task = nn.functional.cross_entropy(logits, yb)
-    adversarial, extras = method.adversarial_loss(xb, yb, safe_rows(run.spec, xb, yb, logits.shape[1]))
-    loss = task
-    if adversarial is not None and isinstance(cfg, AdversarialSettings):
-        loss = task + cfg.adv_weight * adversarial
-    if not torch.isfinite(loss):
-        raise TrainingDivergedError(
-            f"loss became {float(loss)} at step {run.step} (task {float(task):.4g}); lower lr or adv_weight"
-        )
-    run.optimizer.zero_grad()
-    loss.backward()
-    run.optimizer.step()
-    if not all(torch.isfinite(p).all() for p in run.model.parameters()):
-        raise TrainingDivergedError(f"model weights became NaN or inf at step {run.step}; lower lr")
-    return {
-        "step": run.step,
-        "task_loss": float(task.detach()),
-        "batch_accuracy": float((logits.argmax(1) == yb).float().mean()),
-        **extras,
-    }
 
 
 def _check_inputs(
@@ -298,23 +271,32 @@ def run_baseline(
     ``*Settings`` class of the baseline (shared ones: BaselineSettings).
     """
     cfg = _check_inputs(name, model, spec, family, settings)
-    data = _check_train(train, family)
+    data = _check_train(train, family, model)
+    test = None if test is None else _check_train(test, family, model, "test")
     if deployment is not None and deployment.event_shape != family.event_shape:
         raise ShapeMismatchError(
             f"deployment inputs have shape {deployment.event_shape}; the family's are {family.event_shape}"
         )
-    run = _Run(copy.deepcopy(model), spec, family, data, cfg.harness(), seed, deployment, test)
-    run.report.settings = {"baseline": name, **dataclasses.asdict(cfg)}
-    with torch.no_grad():
-        run.oracle.scores(family.member(run.held_out[0]).sample(2, torch.Generator()))
-    method = _method(run, cfg)
-    start = time.perf_counter()
-    while run.step < cfg.steps:
-        run.report.steps.append(_train_step(run, method, cfg))
-        run.step += 1
-        if run.step % cfg.eval_every == 0 or run.step == cfg.steps:
-            run.report.evals.append(run.evaluate())
-        run.report.seconds = time.perf_counter() - start
-        run.report.model_calls = method.model_calls
-    run.model.eval()
-    return HardenResult(model=run.model, report=run.report)
+    harness = cfg.harness()
+    trained = copy.deepcopy(model)
+    held_out = _held_out_members(family, harness.held_out, seed)
+    probe(ScoreOracle.for_model(trained, spec), family, held_out[0])
+    plug_in = _plug_in(trained, spec, family, data, cfg)
+    game = Game(ClassifierPolicy(trained, *data, cfg.batch_size), [], Objective(), [(plug_in, _weight(cfg))])
+    evaluate = held_out_evaluation(trained, spec, family, held_out, deployment, test, cfg.eval_method,
+                                   cfg.eval_budget)
+
+    def on_step(done: int, row: dict[str, Any]) -> dict[str, Any] | None:
+        return evaluate(done) if done % cfg.eval_every == 0 or done == cfg.steps else None
+
+    trace = train_loop(game, LoopSettings(cfg.steps, cfg.lr, harness.checkpoint_every), seed,
+                       {"baseline": name}, on_step=on_step)
+    trained.eval()
+    report = HardenReport(settings={"baseline": name, **dataclasses.asdict(cfg)},
+                          constraint=family.constraint(), seed=seed, steps=trace.steps, evals=trace.evals,
+                          seconds=trace.seconds, model_calls=game.model_calls)
+    return HardenResult(model=trained, report=report)
+
+
+def _weight(cfg: BaselineSettings) -> float:
+    return cfg.adv_weight if isinstance(cfg, AdversarialSettings) else 0.0

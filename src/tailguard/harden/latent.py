@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from ..errors import InvalidArgumentError
 from ..oracle import eval_mode
 from ..specs import Spec
+from .policy import Batch, safe_rows
 
 ACTIVATIONS = (nn.ReLU, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.ELU, nn.Tanh, nn.Sigmoid, nn.Softplus)
 
@@ -113,8 +114,10 @@ class LatentPGD:
                 delta = project_l2(delta.detach() + step * unit, radius)
         return delta.detach(), radius
 
-    def adversarial_loss(self, x: Tensor, y: Tensor, safe: Tensor) -> tuple[Tensor | None, dict[str, float]]:
+    def loss(self, batch: Batch, generator: torch.Generator) -> tuple[Tensor | None, dict[str, float]]:
         """Cross-entropy of the true labels with the worst latent perturbation in place."""
+        x, y = batch
+        safe = safe_rows(self.model, self.spec, x, y)
         delta, radius = self.worst_delta(x, y, safe)
         with latent_perturbation(self.model, self.layer, delta):
             out = self.model(x)

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from ..families.patch import PatchFamily
 from ..oracle import eval_mode
 from ..specs import Spec
+from .policy import Batch, safe_rows
 
 
 def position_masks(family: PatchFamily, positions: list[tuple[int, int]]) -> Tensor:
@@ -44,22 +45,20 @@ class PatchPGD:
         n_positions: int,
         steps: int,
         step_size: float,
-        generator: torch.Generator,
     ):
         self.model, self.spec, self.family = model, spec, family
         self.n_positions = min(n_positions, len(family.positions))
         self.steps, self.step_size = steps, step_size
-        self.generator = generator
         self.model_calls = 0
 
-    def perturb(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def perturb(self, x: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         """x (m, H, W) -> (worst patched images (m, H, W), catastrophic after search (m,) bool)."""
         positions = self.family.positions
-        chosen = torch.randperm(len(positions), generator=self.generator)[: self.n_positions]
+        chosen = torch.randperm(len(positions), generator=generator)[: self.n_positions]
         masks = position_masks(self.family, [positions[int(i)] for i in chosen])[:, None]
         shape = (self.n_positions, *x.shape)
-        noise = self.family.noise_std * torch.randn(shape, generator=self.generator)
-        values = torch.rand(shape, generator=self.generator)
+        noise = self.family.noise_std * torch.randn(shape, generator=generator)
+        values = torch.rand(shape, generator=generator)
         outside = x.unsqueeze(0) * (1 - masks) + noise
         with eval_mode(self.model):
             for _ in range(self.steps):
@@ -89,11 +88,13 @@ class PatchPGD:
         flat, out = self._flat_outputs(images)
         return self.spec.score(flat, out).reshape(images.shape[:2])
 
-    def adversarial_loss(self, x: Tensor, y: Tensor, safe: Tensor) -> tuple[Tensor | None, dict[str, float]]:
+    def loss(self, batch: Batch, generator: torch.Generator) -> tuple[Tensor | None, dict[str, float]]:
         """Cross-entropy of the true labels on the worst patched versions of the safe rows."""
+        x, y = batch
+        safe = safe_rows(self.model, self.spec, x, y)
         if not bool(safe.any()):
             return None, {}
-        worst, caught = self.perturb(x[safe])
+        worst, caught = self.perturb(x[safe], generator)
         loss = nn.functional.cross_entropy(self.model(worst), y[safe])
         return loss, {
             "adversarial_loss": float(loss.detach()),

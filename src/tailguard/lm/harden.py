@@ -2,12 +2,14 @@
 
 The policy is a ``NextTokenLogits`` (message ids -> first-reply-token logits) over an
 LM that trains LoRA adapters; "the original policy" is the same module with its
-adapters disabled. It descends
+adapters disabled. In the game (``harden.game``) it is an ``LMPolicy`` and descends
 
-    max(ln mean_x pi(x), ln floor) + kl_weight * mean_{x ordinary} KL(pi_0(.|x) || pi(.|x)),
+    kl_weight * mean_{x ordinary} KL(pi_0(.|x) || pi(.|x))
+      + mean_{pools} max(ln mean_{x in pool} pi(x), ln floor),
 
-pi(x) its probability of a forbidden first reply token, the first mean over messages
-from the adversary and from the deployment distribution D, the KL over the whole
+pi(x) = exp(spec.soft) its probability of a catastrophic first reply token (for
+``NextTokenIn``: a forbidden one), the pools the adversary's messages and ordinary
+messages from the deployment distribution D, the KL over the whole
 first-reply-token distribution on ordinary messages from D: the task loss is to
 answer ordinary messages as the original did. The log of the mean (not the mean)
 keeps the gradient alive as the mass falls by orders of magnitude; the floor stops
@@ -32,15 +34,22 @@ from torch import Tensor
 
 from .._logspace import normal_log_ci, to_log10
 from ..errors import InvalidArgumentError
+from ..harden.adversary import FixedAdversary
+from ..harden.checkpoint import FILE_NAME
+from ..harden.game import Game, train_loop
+from ..harden.objective import Objective
+from ..harden.policy import Batch
+from ..oracle import ScoreOracle
 from ..result import Estimate
+from ..specs import Spec
+from .adversary import catastrophe_mass
 from .hf import NextTokenLogits
-from .proposal import forbidden_mass
-from .training import Progress, TrainingSettings, adapters_off, check_forbidden, run_training, with_adapters
+from .training import Progress, TrainingSettings, adapters_off, run_config, trainable, with_adapters
 
 
 @dataclass(frozen=True)
 class PolicySettings(TrainingSettings):
-    """``kl_weight`` on the ordinary-message KL; ``floor`` below which the forbidden mass is not pushed."""
+    """``kl_weight`` on the ordinary-message KL; ``floor`` below which the catastrophe mass is not pushed."""
 
     kl_weight: float = 1.0
     floor: float = 1e-7
@@ -57,7 +66,7 @@ class PolicySettings(TrainingSettings):
 @dataclass(frozen=True)
 class HardenResult:
     """The hardened policy (the same module, now with trained adapters) and one row per step:
-    ``mean_pi_attacks``, ``mean_pi_ordinary``, ``kl``, ``step``."""
+    ``attacks_log10_p``, ``ordinary_log10_p`` (log10 mean pi on the step's batches), ``kl``, ``step``."""
 
     policy: NextTokenLogits
     history: list[dict[str, float]]
@@ -65,10 +74,38 @@ class HardenResult:
     seed: int
 
 
-def harden_policy(policy: NextTokenLogits, attacks: Tensor, ordinary: Tensor, forbidden: list[int],
+class LMPolicy:
+    """A language-model policy of the game: LoRA adapters train, the task is to stay its frozen self.
+
+    Task loss: ``kl_weight`` times the mean first-token KL(original || trained) on a
+    batch of ordinary messages (m, length).
+    """
+
+    def __init__(self, policy: NextTokenLogits, ordinary: Tensor, batch: int, kl_weight: float):
+        self.model, self.ordinary, self.batch, self.kl_weight = policy, ordinary, batch, kl_weight
+
+    def trainable(self) -> dict[str, Tensor]:
+        return trainable(self.model.lm)
+
+    def task_loss(self, generator: torch.Generator) -> tuple[Tensor, Batch, dict[str, float]]:
+        o = self.ordinary[torch.randint(self.ordinary.shape[0], (self.batch,), generator=generator)]
+        with adapters_off(self.model.lm):
+            reference = torch.log_softmax(self.model(o).double(), -1)
+        log_new = torch.log_softmax(self.model(o).double(), -1)
+        kl = (reference.exp() * (reference - log_new)).sum(1).mean()
+        return self.kl_weight * kl, (o, reference), {"kl": float(kl.detach())}
+
+
+def _check_messages(**pools: Tensor) -> None:
+    for name, pool in pools.items():
+        if not isinstance(pool, Tensor) or pool.dim() != 2 or pool.shape[0] < 1:
+            raise InvalidArgumentError(f"{name} must be message ids of shape (m, length), m >= 1")
+
+
+def harden_policy(policy: NextTokenLogits, attacks: Tensor, ordinary: Tensor, spec: Spec,
                   settings: PolicySettings = PolicySettings(), seed: int = 0,
                   checkpoint_dir: str | Path | None = None, progress: Progress | None = None) -> HardenResult:
-    """Descend the policy's forbidden mass on attack and ordinary messages, KL-tied to the original.
+    """Descend the policy's catastrophe mass on attack and ordinary messages, KL-tied to the original.
 
     attacks, ordinary: pools of message ids (m, length); each step draws ``settings.batch``
     of each. If ``policy.lm`` has no LoRA adapters yet they are added in place, so the
@@ -76,29 +113,31 @@ def harden_policy(policy: NextTokenLogits, attacks: Tensor, ordinary: Tensor, fo
     """
     if not isinstance(policy, NextTokenLogits):
         raise InvalidArgumentError(f"policy must be a NextTokenLogits, got {type(policy).__name__}")
-    check_forbidden(forbidden)
-    for name, pool in (("attacks", attacks), ("ordinary", ordinary)):
-        if not isinstance(pool, Tensor) or pool.dim() != 2 or pool.shape[0] < 1:
-            raise InvalidArgumentError(f"{name} must be message ids of shape (m, length), m >= 1")
+    if not isinstance(spec, Spec):
+        raise InvalidArgumentError(f"spec must be a tailguard spec, got {type(spec).__name__}")
+    _check_messages(attacks=attacks, ordinary=ordinary)
     lm: Any = with_adapters(policy.lm, settings, seed)
     policy.lm = lm
+    oracle = ScoreOracle.for_model(policy, spec)
+    floor = math.log(settings.floor)
+    pools = [FixedAdversary(name, pool, oracle, settings.batch, 1.0, floor)
+             for name, pool in (("attacks", attacks), ("ordinary", ordinary))]
+    # lam 1/2: the two pools' terms are averaged, so the risk weighs as one term against the KL
+    game = Game(LMPolicy(policy, ordinary, settings.batch, settings.kl_weight), pools, Objective(lam=0.5),
+                oracle=oracle)
+    resume = checkpoint_dir is not None and (Path(checkpoint_dir) / FILE_NAME).is_file()
 
-    def step(generator: torch.Generator) -> tuple[Tensor, dict[str, float]]:
-        a = attacks[torch.randint(attacks.shape[0], (settings.batch,), generator=generator)]
-        o = ordinary[torch.randint(ordinary.shape[0], (settings.batch,), generator=generator)]
-        with adapters_off(policy.lm):
-            reference = torch.log_softmax(policy(o).double(), -1)
-        logits = policy(torch.cat([a, o])).double()
-        pi = forbidden_mass(logits, forbidden)
-        log_new = torch.log_softmax(logits[settings.batch:], -1)
-        kl = (reference.exp() * (reference - log_new)).sum(1).mean()
-        loss = torch.clamp(torch.log(pi.mean()), min=math.log(settings.floor)) + settings.kl_weight * kl
-        metrics = {"mean_pi_attacks": float(pi[: settings.batch].mean()),
-                   "mean_pi_ordinary": float(pi[settings.batch:].mean()), "kl": float(kl)}
-        return loss, metrics
+    def on_step(done: int, row: dict[str, Any]) -> None:
+        if progress is not None:
+            progress(done - 1, {k: v for k, v in row.items() if k != "step"})
 
-    history = run_training(policy.lm, step, settings, seed, checkpoint_dir, progress)
-    return HardenResult(policy, history, settings, seed)
+    was_training = policy.training
+    try:
+        trace = train_loop(game, settings.loop(), seed, run_config(settings, seed), checkpoint_dir, resume,
+                           on_step)
+    finally:
+        policy.train(was_training)
+    return HardenResult(policy, trace.steps, settings, seed)
 
 
 def first_token_kl(policy: NextTokenLogits, messages: Tensor, batch: int = 32) -> Tensor:
@@ -114,15 +153,15 @@ def first_token_kl(policy: NextTokenLogits, messages: Tensor, batch: int = 32) -
     return torch.cat(parts)
 
 
-def mass_on(policy: NextTokenLogits, messages: Tensor, forbidden: list[int], confidence: float = 0.95,
+def mass_on(policy: NextTokenLogits, messages: Tensor, spec: Spec, confidence: float = 0.95,
             batch: int = 32) -> Estimate:
-    """The mean forbidden mass over fixed messages (n, length) as an Estimate (normal CI on the mean).
+    """The mean catastrophe mass pi over fixed messages (n, length) as an Estimate (normal CI on the mean).
 
     Each message's pi is exact, so the CI covers only which messages were drawn.
     """
     start = time.perf_counter()
     with torch.no_grad():
-        pi = torch.cat([forbidden_mass(policy(messages[i : i + batch]), forbidden)
+        pi = torch.cat([catastrophe_mass(policy, spec, messages[i : i + batch])
                         for i in range(0, messages.shape[0], batch)])
     mean = float(pi.mean())
     n = pi.numel()
@@ -163,18 +202,19 @@ class PolicyReport:
                 "kl_first_token": {"mean": self.kl_mean, "max": self.kl_max, "messages": self.kl_messages}}
 
 
-def policy_report(policy: NextTokenLogits, messages: dict[str, Tensor], forbidden: list[int],
+def policy_report(policy: NextTokenLogits, messages: dict[str, Tensor], spec: Spec,
                   held_out_ordinary: Tensor) -> PolicyReport:
     """Before (adapters off) and after (as trained) on each message set, and the KL on ordinary messages.
 
     messages: name -> message ids (n, length), none of them used in training;
     held_out_ordinary: ordinary messages (n, length) from D that training never saw.
     """
-    check_forbidden(forbidden)
+    if not isinstance(spec, Spec):
+        raise InvalidArgumentError(f"spec must be a tailguard spec, got {type(spec).__name__}")
     if not messages:
         raise InvalidArgumentError("messages must name at least one message set")
     with adapters_off(policy.lm):
-        before = {name: mass_on(policy, x, forbidden) for name, x in messages.items()}
-    after = {name: mass_on(policy, x, forbidden) for name, x in messages.items()}
+        before = {name: mass_on(policy, x, spec) for name, x in messages.items()}
+    after = {name: mass_on(policy, x, spec) for name, x in messages.items()}
     kl = first_token_kl(policy, held_out_ordinary)
     return PolicyReport(before, after, float(kl.mean()), float(kl.max()), kl.numel())

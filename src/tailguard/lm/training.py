@@ -1,15 +1,11 @@
-"""The LoRA plumbing shared by LM fine-tuning: adapters, the base model back, a resumable loop.
+"""The LoRA plumbing shared by LM fine-tuning: adapters, and the base model back.
 
-Both LM training runs (the adversary in ``lm.adversary``, the policy in
+Both LM players of the game (the adversary in ``lm.adversary``, the policy in
 ``lm.harden``) train only LoRA adapters (``add_lora``), so "the model before
 training" is always at hand: the same module with its adapters disabled
 (``adapters_off``). That gives their KL terms for free and keeps the trained part
-small enough to checkpoint every few steps.
-
-``run_training`` is the loop both use: Adam on the adapters, and every
-``checkpoint_every`` steps one safetensors file with the adapters, the optimizer, the
-history and the random state, from which a killed run resumes exactly (it loses at
-most one interval).
+small enough to checkpoint every few steps. Both train in the one game loop,
+``harden.game.train_loop``.
 """
 
 from __future__ import annotations
@@ -19,34 +15,48 @@ import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from ..errors import InvalidArgumentError, ModelOutputError, require_extra
-from ..harden.checkpoint import flatten_optimizer, load_checkpoint, save_checkpoint, unflatten_optimizer
+from ..errors import InvalidArgumentError, require_extra
+from ..harden.game import LoopSettings
 
 Progress = Callable[[int, dict[str, float]], None]
+
+
+def run_config(settings: Any, seed: int) -> dict[str, Any]:
+    """What identifies an LM training run for a resume, as the checkpoint's JSON gives it back."""
+    config = {"settings": asdict(settings), "kind": type(settings).__name__, "seed": seed}
+    return json.loads(json.dumps(config))  # type: ignore[no-any-return]
 
 
 def add_lora(lm: nn.Module, rank: int = 8, targets: tuple[str, ...] = ("q_proj", "v_proj"),
              seed: int = 0) -> nn.Module:
     """``lm`` with LoRA adapters (peft) on ``targets``; only the adapters train.
 
-    Adapters start at zero (the model is unchanged until it trains). The base LM's
-    modules are modified in place: load a separate copy for each model you train.
+    Adapters start at zero (the model is unchanged until it trains): B is zero, and
+    A is drawn from ``seed``'s own generator (torch's global one is left as it was).
+    The base LM's modules are modified in place: load a separate copy for each model
+    you train.
     """
     peft: Any = require_extra("peft", "lm")
-    if not isinstance(rank, int) or rank < 1:
+    if not isinstance(rank, int) or isinstance(rank, bool) or rank < 1:
         raise InvalidArgumentError(f"rank must be a positive int, got {rank!r}")
-    torch.manual_seed(seed)
     try:
         config = peft.LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=list(targets), lora_dropout=0.0)
-        return peft.get_peft_model(lm, config)  # type: ignore[no-any-return]
+        with torch.random.fork_rng(devices=[]):
+            wrapped = peft.get_peft_model(lm, config)
     except ValueError as exc:
         raise InvalidArgumentError(f"cannot put LoRA adapters on {list(targets)}: {exc}") from exc
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in wrapped.named_parameters():
+            if "lora_A" in name:
+                bound = 1.0 / math.sqrt(p.shape[1])  # the default Linear initialisation's scale
+                p.copy_(torch.rand(p.shape, generator=generator, dtype=p.dtype) * 2 * bound - bound)
+    return wrapped  # type: ignore[no-any-return]
 
 
 def require_adapters(lm: nn.Module) -> None:
@@ -79,6 +89,10 @@ class TrainingSettings:
     lora_rank: int = 8
     lora_targets: tuple[str, ...] = ("q_proj", "v_proj")
 
+    def loop(self) -> LoopSettings:
+        """The game loop's settings (steps, lr, checkpoint interval)."""
+        return LoopSettings(self.steps, self.lr, self.checkpoint_every)
+
     def __post_init__(self) -> None:
         for key in ("steps", "batch", "checkpoint_every", "lora_rank"):
             value = getattr(self, key)
@@ -96,74 +110,3 @@ def with_adapters(lm: nn.Module, settings: TrainingSettings, seed: int) -> nn.Mo
     if hasattr(lm, "disable_adapter"):
         return lm
     return add_lora(lm, settings.lora_rank, settings.lora_targets, seed)
-
-
-def check_forbidden(forbidden: list[int]) -> None:
-    """Reject an empty or non-integer list of forbidden token ids."""
-    if not forbidden or not all(isinstance(t, int) and t >= 0 for t in forbidden):
-        raise InvalidArgumentError("forbidden must be a non-empty list of token ids")
-
-
-def run_training(lm: nn.Module, step: Callable[[torch.Generator], tuple[Tensor, dict[str, float]]],
-                 settings: TrainingSettings, seed: int, checkpoint_dir: str | Path | None,
-                 progress: Progress | None) -> list[dict]:
-    """Adam on the adapters for ``settings.steps`` steps, resuming from and writing checkpoints.
-
-    ``step(generator)`` returns the loss to descend and the step's figures (the history).
-    """
-    params = trainable(lm)
-    if not params:
-        raise InvalidArgumentError("the LM has no trainable parameters")
-    optimizer = torch.optim.Adam(params.values(), lr=settings.lr)
-    generator = torch.Generator().manual_seed(seed)
-    history: list[dict] = []
-    # as the checkpoint's JSON will give it back (tuples become lists)
-    config = {"settings": asdict(settings), "kind": type(settings).__name__, "seed": seed}
-    config = json.loads(json.dumps(config))
-    folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
-    if folder is not None and (folder / "checkpoint.safetensors").is_file():
-        history = _resume(folder, config, params, optimizer, generator)
-    was_training = lm.training
-    lm.train()
-    try:
-        for index in range(len(history), settings.steps):
-            loss, metrics = step(generator)
-            if not torch.isfinite(loss):
-                raise ModelOutputError(f"the training loss became {float(loss)} at step {index}")
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            history.append({"step": index, **metrics})
-            due = (index + 1) % settings.checkpoint_every == 0 or index + 1 == settings.steps
-            if folder is not None and due:
-                _save(folder, config, params, optimizer, generator, history)
-            if progress is not None:
-                progress(index, metrics)
-    finally:
-        lm.train(was_training)
-    return history
-
-
-def _save(folder: Path, config: dict[str, Any], params: dict[str, Tensor], optimizer: torch.optim.Optimizer,
-          generator: torch.Generator, history: list[dict]) -> None:
-    opt_tensors, opt_meta = flatten_optimizer(optimizer.state_dict())
-    save_checkpoint(folder, {"adapters": dict(params), "optimizer": opt_tensors,
-                             "rng": {"state": generator.get_state()}},
-                    {"config": config, "optimizer": opt_meta, "history": history})
-
-
-def _resume(folder: Path, config: dict[str, Any], params: dict[str, Tensor], optimizer: torch.optim.Optimizer,
-            generator: torch.Generator) -> list[dict]:
-    groups, meta = load_checkpoint(folder)
-    if meta.get("config") != config:
-        raise InvalidArgumentError(f"the checkpoint in {folder} was written by a run with other settings "
-                                   f"({meta.get('config')}); use another folder or the same settings")
-    adapters = groups.get("adapters", {})
-    if set(adapters) != set(params):
-        raise InvalidArgumentError(f"the checkpoint in {folder} holds other adapters than this model's")
-    with torch.no_grad():
-        for name, p in params.items():
-            p.copy_(adapters[name])
-    optimizer.load_state_dict(unflatten_optimizer(groups.get("optimizer", {}), meta["optimizer"]))
-    generator.set_state(groups["rng"]["state"])
-    return list(meta["history"])
