@@ -14,9 +14,11 @@ from torch import Tensor, nn
 from ._logspace import to_log10
 from .backends import Backend, resolve_backend
 from .dists.base import Distribution
+from .dists.conditioned import Conditioned
 from .errors import BudgetError, InvalidArgumentError, UnsupportedError
 from .estimators.auto import run_auto
 from .estimators.base import DifferentiableEstimator, available, build, settings_of
+from .estimators.conditioned import estimate_conditioned, log_prob_conditioned
 from .oracle import ScoreOracle, eval_mode
 from .result import Estimate
 from .specs import Spec
@@ -88,6 +90,10 @@ def estimate(
     if not 0.0 < confidence < 1.0:
         raise InvalidArgumentError(f"confidence must be in (0, 1), got {confidence!r}")
     generator, seed_value = make_generator(seed)
+    if isinstance(dist, Conditioned):
+        # P[C | R] is a ratio of two estimates on the base distribution, each made by this function
+        return estimate_conditioned(estimate, model, dist, spec, method, budget, (generator, seed_value),
+                                    confidence, progress, {**settings, "backend": backend})
     if method == "auto" and settings:
         raise InvalidArgumentError("settings need an explicit method; with method='auto' give none")
     if method != "auto":
@@ -147,6 +153,8 @@ def log_prob(
     """
     _check_common(model, dist, spec)
     generator, _ = make_generator(seed)
+    if isinstance(dist, Conditioned):
+        return log_prob_conditioned(model, dist, spec, method, budget, generator, settings)
     estimator = build(method, settings)
     if not isinstance(estimator, DifferentiableEstimator):
         raise UnsupportedError(f"method {method!r} is not differentiable; use 'moments' or 'is'")

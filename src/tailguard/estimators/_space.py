@@ -66,6 +66,13 @@ class BaseSpace:
             x = z * self.sigma
         return x.reshape(z.shape[0], *self.dist.event_shape)
 
+    def to_z(self, x: Tensor) -> Tensor:
+        """Inputs (n, *event_shape) -> base coordinates (n, d): the inverse of ``to_x``."""
+        flat = x.reshape(x.shape[0], -1).double()
+        if self.is_mixture:
+            return flat / self.sigma
+        return torch.linalg.solve_triangular(self.tril, (flat - self.mean).T, upper=False).T
+
     def base_log_prob(self, z: Tensor) -> Tensor:
         """log density of D in base coordinates (n,), without gradients."""
         with torch.no_grad():

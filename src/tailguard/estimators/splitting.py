@@ -48,6 +48,7 @@ from torch import Tensor, nn
 
 from .._logspace import binomial_log_ci, logmeanexp
 from ..dists.base import Distribution
+from ..dists.unnormalized import ChainStarted
 from ..errors import BudgetError, InvalidArgumentError
 from ..oracle import ScoreOracle
 from ..specs import Spec
@@ -132,6 +133,15 @@ class Splitting:
 
     # --- the run ------------------------------------------------------------------------------
     def run(self, oracle: ScoreOracle, budget: int, generator: torch.Generator, confidence: float) -> Outcome:
+        return self.run_with_draws(oracle, budget, generator, confidence)[0]
+
+    def run_with_draws(self, oracle: ScoreOracle, budget: int, generator: torch.Generator,
+                       confidence: float) -> tuple[Outcome, Tensor]:
+        """``run``, and the final particles inside the event (k, *event_shape): draws of D given it.
+
+        They are copies of a few survivors moved by the chains, so only approximately
+        independent; chains started from them (``Conditioned``) mix them further.
+        """
         start = oracle.n_calls
         pilot_levels = None
         n = self.n_particles
@@ -142,13 +152,14 @@ class Splitting:
         swarm = self._simulate(oracle, self.n_repeats, n, left, generator)
         log_p, ci, warnings = _combine(swarm, confidence)
         diagnostics = self._diagnostics(swarm, pilot_levels, oracle.n_calls - start)
+        inside = swarm.x[(swarm.s.flatten() >= TARGET) & (swarm.status == DONE).repeat_interleave(n)]
         if math.isinf(log_p):
             # the bound is the estimated probability of the highest level reached: it holds
             # only as far as the MCMC moves mixed, so it is a heuristic
             return Outcome(log_p, ci, diagnostics, warnings, heuristic=True, trusted=False,
-                           assumes="the MCMC moves mixed within every level set")
-        return Outcome(log_p, ci, diagnostics, warnings,
-                       assumes="the MCMC moves mixed within every level set (spread of independent runs)")
+                           assumes="the MCMC moves mixed within every level set"), inside
+        return Outcome(log_p, ci, diagnostics, warnings, assumes="the MCMC moves mixed within every "
+                       "level set (spread of independent runs)"), inside
 
     def _pilot_levels(self, oracle: ScoreOracle, budget: int, generator: torch.Generator) -> int:
         """Levels one small run needs (or reached before its budget of budget/5 ran out)."""
@@ -171,7 +182,7 @@ class Splitting:
                 f"budget {budget:,} cannot pay for {runs} runs of {n} particles; raise budget "
                 "or lower n_particles / n_repeats"
             )
-        x = oracle.dist.sample(runs * n, generator)
+        x = _starts(oracle.dist, runs * n, generator)
         s = oracle.scores(x)
         spent = runs * n
         swarm = _Swarm(
@@ -270,6 +281,11 @@ class Splitting:
             "repeat_status": [names[int(v)] for v in swarm.status],
             "model_calls": calls,
         }
+
+
+def _starts(dist: Distribution, n: int, generator: torch.Generator) -> Tensor:
+    """n draws of D to start the chains from: samples, or the chain starts of a D without a sampler."""
+    return dist.chain_starts(n, generator) if isinstance(dist, ChainStarted) else dist.sample(n, generator)
 
 
 # --- combining the repeats --------------------------------------------------------------------
