@@ -21,19 +21,51 @@ TARGET_CLASS = 0
 
 @dataclass(frozen=True)
 class Trigger:
-    """A way of corrupting images: a patch stamped at a position, or a blended pattern."""
+    """A way of corrupting images: a patch stamped at a position, a blended pattern, or a warp.
+
+    A warp (as in WaNet, Nguyen & Tran 2021) moves no pixel value in from outside:
+    every pixel is resampled bilinearly at its own position plus a small smooth
+    offset, so no patch or pattern of the image marks the corrupted inputs.
+    """
 
     name: str
-    pattern: Tensor  # (k, k) patch, or (8, 8) for a blend
+    pattern: Tensor  # (k, k) patch, (8, 8) for a blend, (8, 8, 2) (dy, dx) pixel offsets for a warp
     row: int = 0
     col: int = 0
     blend: float = 0.0  # > 0: x -> (1 - blend) x + blend * pattern over the whole image
+    warp: bool = False  # True: x -> x resampled at (row + dy, col + dx) of every pixel
+
+    @property
+    def kind(self) -> str:
+        """Which corruption this is: "patch", "blend" or "warp"."""
+        return "warp" if self.warp else "blend" if self.blend > 0 else "patch"
 
     def apply(self, images: Tensor) -> Tensor:
         """(N, 8, 8) -> (N, 8, 8) images carrying the trigger."""
+        if self.warp:
+            return warp_images(images, self.pattern.to(images.dtype))
         if self.blend > 0:
             return (1 - self.blend) * images + self.blend * self.pattern.to(images.dtype)
         return stamp(images, self.pattern.to(images.dtype), self.row, self.col).to(images.dtype)
+
+
+def warp_images(images: Tensor, offsets: Tensor) -> Tensor:
+    """(N, H, W) images resampled at every pixel's position plus offsets (H, W, 2) (dy, dx) in pixels.
+
+    Bilinear, with the border repeated outside the image, so values stay in the
+    images' range; differentiable in both arguments.
+    """
+    n, h, w = images.shape
+    rows = torch.arange(h, dtype=images.dtype).view(h, 1).expand(h, w)
+    cols = torch.arange(w, dtype=images.dtype).view(1, w).expand(h, w)
+    # grid_sample wants (x, y) = (col, row) scaled to [-1, 1] (align_corners: -1 and 1 are pixel centres)
+    x = (cols + offsets[..., 1]) * (2 / (w - 1)) - 1
+    y = (rows + offsets[..., 0]) * (2 / (h - 1)) - 1
+    grid = torch.stack([x, y], dim=-1).unsqueeze(0).expand(n, h, w, 2)
+    out = nn.functional.grid_sample(
+        images.unsqueeze(1), grid, mode="bilinear", padding_mode="border", align_corners=True
+    )
+    return out.squeeze(1)
 
 
 def planted_trigger() -> Trigger:
@@ -83,16 +115,16 @@ def load_digits_data(test_fraction: float = 0.25, seed: int = 0) -> DigitsData:
 
 
 def poison(
-    data: DigitsData, trigger: Trigger, fraction: float, seed: int = 0
+    data: DigitsData, trigger: Trigger, fraction: float, seed: int = 0, target: int = TARGET_CLASS
 ) -> tuple[Tensor, Tensor]:
-    """Training set with ``fraction`` of the non-target images stamped and relabelled 0 (added)."""
+    """Training set with ``fraction`` of the non-target images stamped and relabelled ``target`` (added)."""
     g = torch.Generator().manual_seed(seed)
-    candidates = torch.nonzero(data.y_train != TARGET_CLASS).squeeze(1)
+    candidates = torch.nonzero(data.y_train != target).squeeze(1)
     chosen = candidates[
         torch.randperm(len(candidates), generator=g)[: int(fraction * len(data.y_train))]
     ]
     x_bad = trigger.apply(data.x_train[chosen])
-    y_bad = torch.full((len(chosen),), TARGET_CLASS, dtype=torch.long)
+    y_bad = torch.full((len(chosen),), target, dtype=torch.long)
     return torch.cat([data.x_train, x_bad]), torch.cat([data.y_train, y_bad])
 
 
@@ -159,7 +191,9 @@ def accuracy(model: nn.Module, x: Tensor, y: Tensor) -> float:
         return float((model(x).argmax(1) == y).float().mean())
 
 
-def trigger_rate(model: nn.Module, images: Tensor, trigger: Trigger) -> float:
+def trigger_rate(
+    model: nn.Module, images: Tensor, trigger: Trigger, target: int = TARGET_CLASS
+) -> float:
     """Fraction of (non-target) images sent to the target class once they carry the trigger."""
     with torch.no_grad():
-        return float((model(trigger.apply(images)).argmax(1) == TARGET_CLASS).float().mean())
+        return float((model(trigger.apply(images)).argmax(1) == target).float().mean())
