@@ -45,7 +45,8 @@ def test_both_is_the_min_and_within_is_minus_inf_outside_r():
     spec = tg.OutputAbove(0, 0.5)
     x = torch.tensor([[2.0, 0.0], [0.0, 0.0], [3.0, 0.0]])
     y = torch.tensor([[1.0], [1.0], [0.0]])
-    assert torch.equal(Both(spec, Recognised(d)).score(x, y), torch.tensor([0.5, -1.0, -0.5], dtype=torch.float64))
+    both = Both(spec, Recognised(d)).score(x, y)
+    assert torch.equal(both, torch.tensor([0.5, -1.0, -0.5], dtype=torch.float64))
     within = Within(spec, Recognised(d)).score(x, y)
     assert within[0] == 0.5 and within[1] == -math.inf and within[2] == -0.5
 

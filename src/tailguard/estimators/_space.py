@@ -17,25 +17,33 @@ from torch import Tensor
 from ..dists.base import Distribution
 from ..dists.empirical import NoisyEmpirical
 from ..dists.gaussian import Gaussian
+from ..dists.unnormalized import Unnormalized
 from . import _gmm
 
 
 def supports(dist: Distribution) -> bool:
-    """Whether D has base coordinates (a Gaussian or a noisy empirical D)."""
-    return isinstance(dist, Gaussian | NoisyEmpirical)
+    """Whether D has base coordinates (a Gaussian, a noisy empirical D, or an unnormalised density)."""
+    return isinstance(dist, Gaussian | NoisyEmpirical | Unnormalized)
 
 
 class BaseSpace:
-    """The map z -> x for D and D's log-density in z. ``log_jac`` = log |dz/dx| (a constant)."""
+    """The map z -> x for D and D's log-density in z. ``log_jac`` = log |dz/dx| (a constant).
+
+    An unnormalised D takes the whitened coordinates of its Gaussian reference, and its
+    log-density there uses the estimated normaliser, whose relative standard error
+    ``normaliser_rel_se`` an interval built on these coordinates must carry (0 otherwise).
+    """
 
     def __init__(self, dist: Distribution):
         if not supports(dist):
             raise TypeError(f"{type(dist).__name__} has no base coordinates")
         self.dist = dist
+        self.normaliser_rel_se = dist.normaliser.rel_se if isinstance(dist, Unnormalized) else 0.0
         with torch.no_grad():
-            if isinstance(dist, Gaussian):
-                self.tril = dist.scale_tril().detach()
-                self.mean = dist.mean.detach().reshape(-1).double()
+            if isinstance(dist, Gaussian | Unnormalized):
+                gaussian = dist if isinstance(dist, Gaussian) else dist.reference
+                self.tril = gaussian.scale_tril().detach()
+                self.mean = gaussian.mean.detach().reshape(-1).double()
                 self.log_jac = -float(torch.log(torch.diagonal(self.tril)).sum())
             else:
                 assert isinstance(dist, NoisyEmpirical)
@@ -60,7 +68,7 @@ class BaseSpace:
 
     def to_x(self, z: Tensor) -> Tensor:
         """(n, d) base coordinates -> inputs (n, *event_shape); differentiable in z."""
-        if isinstance(self.dist, Gaussian):
+        if not self.is_mixture:
             x = self.mean + z @ self.tril.T
         else:
             x = z * self.sigma

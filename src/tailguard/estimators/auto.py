@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from ..dists.base import Distribution
+from ..dists.unnormalized import ChainStarted
 from ..oracle import ScoreOracle
 from ..specs import Spec
 from . import _policy, _space
@@ -62,6 +63,10 @@ def run_auto(
 ) -> tuple[str, Outcome]:
     """Pilot plain sampling, then plain sampling, the cross-check or the one supported method."""
     model, dist, spec = oracle.model, oracle.dist, oracle.spec
+    if isinstance(dist, ChainStarted):
+        # no sampler, so no plain-sampling pilot to check against: the one method that fits
+        chosen = "is" if ImportanceSampling().unsupported_reason(model, dist, spec) is None else "splitting"
+        return chosen, build(chosen, {}).run(oracle, budget, generator, confidence)
     pilot_draws = int(PILOT_FRACTION * budget)
     rare = choose_method(model, dist, spec, budget - pilot_draws)
     if rare == "mc":

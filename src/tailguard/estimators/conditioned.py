@@ -173,7 +173,7 @@ class Restricted(Distribution):
         return 0.5 * (w**2).sum(1)
 
     def _fit_starts(self, pool: Tensor) -> None:
-        """The Gaussian (mean, Cholesky factor) of the pool in base coordinates (diagonal if the pool is small)."""
+        """The Gaussian (mean, Cholesky factor) of the pool in base coordinates (diagonal if few)."""
         assert self.space is not None
         z = self.space.to_z(pool)
         m = z.mean(0)

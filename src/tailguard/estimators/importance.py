@@ -248,7 +248,9 @@ class ImportanceSampling:
         z = adapted.proposal.sample(budget - used, generator)
         s = oracle.scores(space.to_x(z))
         log_w = space.base_log_prob(z) - adapted.proposal.log_prob(z)
-        outcome = _final_outcome(s, log_w, adapted, confidence, self.rho, self.misfit_allowance)
+        # an unnormalised D's estimated normaliser scales every weight: its error adds in quadrature
+        allowance = math.hypot(self.misfit_allowance, space.normaliser_rel_se)
+        outcome = _final_outcome(s, log_w, adapted, confidence, self.rho, allowance)
         if found is not None:
             outcome = replace(outcome, diagnostics={**outcome.diagnostics, **found.diagnostics()})
         if isinstance(space.dist, NoisyEmpirical):
