@@ -3,12 +3,14 @@
 from . import estimators as _estimators  # noqa: F401  (registers the estimators)
 from .attack import AttackResult, attack
 from .dists import (
+    Conditioned,
     Distribution,
     Gaussian,
     GaussianMixtureMoments,
     IndependentTokens,
     LMDistribution,
     NoisyEmpirical,
+    Unnormalized,
 )
 from .errors import (
     BudgetError,
@@ -57,6 +59,8 @@ __all__ = [
     "MissingExtraError",
     "ModelOutputError",
     "NoisyEmpirical",
+    "Conditioned",
+    "Unnormalized",
     "OutputAbove",
     "Predicate",
     "ShapeMismatchError",
