@@ -8,10 +8,13 @@ import threading
 import pytest
 import torch
 from torch import nn
+from typer.testing import CliRunner
 
 import tailguard as tg
 from tailguard.backends import RayBackend, resolve_backend
+from tailguard.cli import app
 
+from .test_cli import CASE
 from .test_tokens import case as token_case
 
 
@@ -45,11 +48,15 @@ ray = pytest.importorskip("ray")
 
 @pytest.fixture(scope="module")
 def backend():
-    """One local Ray of 2 CPUs and one backend of 2 workers for every test here (each start costs seconds)."""
+    """One local Ray of 2 CPUs and the backend ``backend="ray"`` names, for every test here.
+
+    It takes one worker per CPU, so its 2 workers are those of every test (each start costs seconds).
+    """
     started = not ray.is_initialized()
     if started:
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield RayBackend(shards=2)
+    yield RayBackend.shared()
+    RayBackend.shared().close()
     if started:
         ray.shutdown()
 
@@ -124,3 +131,19 @@ def test_a_model_that_does_not_pickle_or_a_second_model_at_once_is_refused(backe
         tg.estimate(model, GAUSSIAN, FAR_CLASS, method="mc", budget=100, backend=backend)
     with backend.serving(mlp()), pytest.raises(tg.UnsupportedError, match="already serves another model"):
         tg.estimate(mlp(), GAUSSIAN, FAR_CLASS, method="mc", budget=100, backend=backend)
+
+
+def test_the_estimate_command_takes_a_backend_and_refuses_a_misspelt_one(
+    backend: RayBackend, tmp_path
+) -> None:
+    case_file = tmp_path / "case.toml"
+    case_file.write_text(CASE)
+    args = ["estimate", "-c", str(case_file), "--json", "--budget", "3000"]
+    bad = CliRunner().invoke(app, [*args, "--backend", "dask"])
+    assert bad.exit_code == 2 and "['local', 'ray']" in bad.output
+    sharded = CliRunner().invoke(app, [*args, "--backend", "ray"])
+    assert sharded.exit_code == 0, sharded.output
+    local = CliRunner().invoke(app, args)
+    est, reference = tg.Estimate.from_json(sharded.stdout), tg.Estimate.from_json(local.stdout)
+    assert est.settings["backend"]["name"] == "ray"
+    assert (est.log10_p, est.ci_log10) == (reference.log10_p, reference.ci_log10)

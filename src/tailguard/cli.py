@@ -107,6 +107,11 @@ def estimate_command(
     method: Annotated[str | None, typer.Option(help="Override estimate.method of the case file.")] = None,
     budget: Annotated[int | None, typer.Option(help="Override estimate.budget (model calls).")] = None,
     seed: Annotated[int | None, typer.Option(help="Override estimate.seed.")] = None,
+    backend: Annotated[
+        str | None,
+        typer.Option(help="Where the model's forward passes run: 'local' (this process, the default) "
+                          "or 'ray' (sharded over Ray workers; joins RAY_ADDRESS if set)."),
+    ] = None,
     trust_module: Annotated[
         list[str] | None,
         typer.Option(
@@ -134,12 +139,16 @@ def estimate_command(
     Exit status: 0 on success, 2 on bad input, 3 with --strict when the interval is
     not reliable (its warnings say why).
     """
+    from .backends import resolve_backend
     from .io import load_case
 
-    overrides = {k: v for k, v in {"method": method, "budget": budget, "seed": seed}.items() if v is not None}
+    given = {"method": method, "budget": budget, "seed": seed, "backend": backend}
+    overrides = {k: v for k, v in given.items() if v is not None}
     with _bad_input_exits():
         _check_overrides(method, budget)
         _check_folder(report, "--report")
+        if backend is not None:
+            resolve_backend(backend)  # a misspelt backend fails before the model is built
         case = load_case(config, trust_modules=trust_module or ())
         est = case.estimate(progress=not as_json, **overrides)
     used_seed = case.options.seed if seed is None else seed

@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from ..errors import InvalidArgumentError, UnsupportedError, require_extra
 
 #: seconds to wait for the workers to start and load the model before giving up
-START_TIMEOUT_S = 300.0
+START_TIMEOUT_S = 120.0
 
 
 def _ray() -> Any:
@@ -108,6 +108,7 @@ class RayBackend:
         self._workers: list[Any] = []
         self._cluster: tuple[str, str] | None = None  # (job id, node id) the workers belong to
         self._serving: nn.Module | None = None  # the model whose weights the workers hold now
+        self._free_cpus = 0  # CPUs free when the workers were asked for, for the error if they never start
 
     @classmethod
     def shared(cls) -> RayBackend:
@@ -168,8 +169,9 @@ class RayBackend:
             ray.get([w.load.remote(weights) for w in self._workers], timeout=START_TIMEOUT_S)
         except ray.exceptions.GetTimeoutError:
             raise UnsupportedError(
-                f"{len(self._workers)} Ray workers did not start within {START_TIMEOUT_S:.0f} s; "
-                "the cluster may be busy with other work"
+                f"{len(self._workers)} Ray workers of {self.threads_per_worker} CPU each did not start "
+                f"within {START_TIMEOUT_S:.0f} s; {self._free_cpus} of the cluster's CPUs were free "
+                "when they were asked for (another RayBackend holds its workers until it is closed)"
             ) from None
         except ray.exceptions.RayError as exc:
             raise UnsupportedError(
@@ -189,9 +191,17 @@ class RayBackend:
                 f"RayBackend(shards={count}, threads_per_worker={self.threads_per_worker}) needs "
                 f"{count * self.threads_per_worker} CPUs; the Ray cluster has {cpus}"
             )
+        self._free_cpus = int(ray.available_resources().get("CPU", 0))
         actor = ray.remote(ShardWorker).options(num_cpus=self.threads_per_worker)
         self._workers = [actor.remote(self.threads_per_worker) for _ in range(count)]
         self._cluster = cluster
+
+    def close(self) -> None:
+        """Stop the workers now and free their CPUs (dropping the backend or ending Ray does it too)."""
+        if self._workers and _ray().is_initialized():
+            for w in self._workers:
+                _ray().kill(w)
+        self._workers, self._cluster = [], None
 
     def _forward(self, ray: Any, local_forward: Callable[[Tensor], Any], x: Tensor) -> Any:
         """Outputs for x (n, ...): in this process when autograd is on, else piece i of n on worker i."""
