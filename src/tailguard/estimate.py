@@ -19,6 +19,7 @@ from .errors import BudgetError, InvalidArgumentError, UnsupportedError
 from .estimators.auto import run_auto
 from .estimators.base import DifferentiableEstimator, available, build, settings_of
 from .estimators.conditioned import estimate_conditioned, log_prob_conditioned
+from .estimators.lm_is import policy_budget, spent_calls
 from .oracle import ScoreOracle, eval_mode
 from .result import Estimate
 from .specs import Spec
@@ -101,7 +102,7 @@ def estimate(
         reason = estimator.unsupported_reason(model, dist, spec)
         if reason is not None:
             raise UnsupportedError(f"method {method!r} cannot be used here: {reason}")
-        if budget < estimator.min_budget():
+        if policy_budget(estimator, dist, budget) < estimator.min_budget():
             raise BudgetError(
                 f"budget {budget:,} is too small for method {method!r}; it needs at least "
                 f"{estimator.min_budget():,} model calls"
@@ -109,11 +110,13 @@ def estimate(
     start = time.perf_counter()
     with runner.serving(model), _progress_bar(progress, budget, f"estimate ({method})") as on_calls:
         oracle = ScoreOracle(model, dist, spec, on_calls=on_calls)
+        lm_calls_before = spent_calls(oracle)  # an LM-written D counts the messages its LM writes
         if method == "auto":
             chosen, outcome = run_auto(oracle, budget, generator, confidence)
             used = settings_of(build(chosen, {})) if chosen in available() else {}
         else:
-            chosen, outcome = method, estimator.run(oracle, budget, generator, confidence)
+            chosen, outcome = method, estimator.run(oracle, policy_budget(estimator, dist, budget), generator,
+                                                    confidence)
             used = settings_of(estimator)
     seconds = time.perf_counter() - start
     low, high = outcome.ci
@@ -122,7 +125,7 @@ def estimate(
     return Estimate(
         log10_p=to_log10(outcome.log_p),
         ci_log10=(to_log10(low), to_log10(high)),
-        n_model_calls=oracle.n_calls,
+        n_model_calls=spent_calls(oracle) - lm_calls_before,
         method=chosen,
         seconds=seconds,
         confidence=confidence,

@@ -35,6 +35,7 @@ from torch import Tensor, nn
 
 import tailguard as tg
 
+from ..dists.base import Distribution
 from ..tasks.token_transformer import (
     CharVocab,
     build_vocab,
@@ -107,7 +108,7 @@ class TokenCase:
 
     name: str
     model: nn.Module
-    dist: tg.IndependentTokens
+    dist: Distribution  # IndependentTokens, or an LM-written D (bench.lm_written)
     exact_log10: Tensor  # (vocab,)
 
     def targets(self, band: tuple[float, float] = TARGET_BAND_LOG10) -> list[int]:
@@ -199,13 +200,19 @@ def _median(values: list[float]) -> float:
     return sorted(values)[len(values) // 2]
 
 
-def markdown(summary: list[dict[str, Any]], n_targets: int, n_cases: int, kind: ModelKind) -> str:
+def kind_header(n_targets: int, n_cases: int, kind: ModelKind) -> str:
+    """The title and set-up paragraph of one model kind's table."""
     low, high = TARGET_BAND_LOG10
+    return (f"# Token estimators against exhaustive enumeration: {kind.name} models\n\n"
+            f"{n_targets} targets with true p in [1e{low:g}, 1e{high:g}] over {n_cases} "
+            f"(model, distribution) cases; {BUDGET:,} model calls per estimate; vocabulary {kind.vocab}, "
+            f"context {CTX} ({kind.vocab**CTX:,} contexts).\n")
+
+
+def markdown(summary: list[dict[str, Any]], header: str) -> str:
+    """``header`` and one table row per method of the summary."""
     lines = [
-        f"# Token estimators against exhaustive enumeration: {kind.name} models\n",
-        f"{n_targets} targets with true p in [1e{low:g}, 1e{high:g}] over {n_cases} (model, distribution) "
-        f"cases; {BUDGET:,} model calls per estimate; vocabulary {kind.vocab}, context {CTX} "
-        f"({kind.vocab**CTX:,} contexts).\n",
+        header,
         "| method | runs | zero estimates | median abs log10 error | median Itakura–Saito | "
         "mean Itakura–Saito | CI coverage | trusted | coverage when trusted | median CI width (decades) "
         "| median seconds |",
@@ -224,14 +231,15 @@ def markdown(summary: list[dict[str, Any]], n_targets: int, n_cases: int, kind: 
     return "\n".join(lines) + "\n"
 
 
-def plot(records: list[dict[str, Any]], path: Any, kind: ModelKind) -> None:
+def plot(records: list[dict[str, Any]], path: Any, title: str,
+         band: tuple[float, float] = TARGET_BAND_LOG10) -> None:
     """Estimate vs exact log10 p, one marker per method; zeros drawn at the bottom edge."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    low, high = TARGET_BAND_LOG10
+    low, high = band
     floor = low - 4
     fig, ax = plt.subplots(figsize=(6.5, 6))
     for i, method in enumerate(sorted({r["method"] for r in records})):
@@ -242,7 +250,7 @@ def plot(records: list[dict[str, Any]], path: Any, kind: ModelKind) -> None:
     ax.plot([floor, 0], [floor, 0], "k--", lw=1)
     ax.set(xlim=(low - 0.5, high + 0.5), ylim=(floor - 0.2, high + 2), xlabel="exact log10 p",
            ylabel="estimated log10 p (zeros at the bottom)",
-           title=f"{kind.name} models: token estimators at {BUDGET:,} calls vs enumeration")
+           title=title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -292,7 +300,7 @@ def run_kind(kind: ModelKind, out: Path, quick: bool = False,
     cases_exact = {c.name: c.exact_log10.tolist() for c in cases}
     paths["json"].write_text(json.dumps({"kind": kind.name, "summary": summary, "records": records,
                                          "cases": cases_exact}, indent=1, default=str))
-    paths["markdown"].write_text(markdown(summary, len(work), len(cases), kind)
+    paths["markdown"].write_text(markdown(summary, kind_header(len(work), len(cases), kind))
                                  + f"\n![estimates vs exact]({paths['plot'].name})\n")
-    plot(records, paths["plot"], kind)
+    plot(records, paths["plot"], f"{kind.name} models: token estimators at {BUDGET:,} calls vs enumeration")
     return paths

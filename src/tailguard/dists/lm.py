@@ -20,6 +20,7 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import torch
@@ -48,13 +49,34 @@ def _accepts(lm: Callable[..., Any], name: str) -> bool:
     return any(p.name == name or p.kind is p.VAR_KEYWORD for p in params)
 
 
+def cache_keyword(lm: Callable[..., Any]) -> str:
+    """The keyword that hands a causal LM its KV cache: ``cache`` (transformers 5.x) or ``past_key_values``.
+
+    transformers deprecated ``past_key_values`` for ``cache`` (removal announced for 5.40);
+    a peft wrapper forwards keywords to its base model, so that model's forward decides.
+    """
+    base = lm.get_base_model() if hasattr(lm, "get_base_model") else lm
+    forward = getattr(base, "forward", base)
+    try:
+        params = inspect.signature(forward).parameters
+    except (TypeError, ValueError):
+        return "past_key_values"
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def returned_cache(output: Any) -> Any:
+    """The KV cache a causal LM's output carries (``cache`` or ``past_key_values``), or None."""
+    cache = getattr(output, "cache", None)
+    return cache if cache is not None else getattr(output, "past_key_values", None)
+
+
 def _call(lm: Callable[..., Any], ids: Tensor, keep: int | None = None, cache: Any = None) -> Any:
     """lm on ids (n, t), asking for the last ``keep`` logits and reusing ``cache`` when it can."""
     kwargs: dict[str, Any] = {}
     if keep is not None and _accepts(lm, "logits_to_keep"):
         kwargs["logits_to_keep"] = keep
     if cache is not None:
-        kwargs.update(past_key_values=cache, use_cache=True)
+        kwargs.update({cache_keyword(lm): cache, "use_cache": True})
     return lm(input_ids=ids, **kwargs)
 
 
@@ -64,11 +86,11 @@ def _prefix_cache(lm: Callable[..., Any], prefix: Tensor, n: int) -> tuple[Tenso
     The cache is None when the model keeps none that can be copied to a batch; callers then
     run the prefix with every row instead.
     """
-    if not (_accepts(lm, "past_key_values") and _accepts(lm, "use_cache")):
+    if not (_accepts(lm, cache_keyword(lm)) and _accepts(lm, "use_cache")):
         return torch.empty(0), None
     out = lm(input_ids=prefix[None], use_cache=True, **(
         {"logits_to_keep": 1} if _accepts(lm, "logits_to_keep") else {}))
-    cache = getattr(out, "past_key_values", None)
+    cache = returned_cache(out)
     if cache is None or not hasattr(cache, "batch_repeat_interleave"):
         return torch.empty(0), None
     cache.batch_repeat_interleave(n)
@@ -103,7 +125,7 @@ def decode(lm: Callable[..., Any], prefix: Tensor, ids: Tensor, steps: int,
     """
     n = ids.shape[0]
     tokens = torch.empty(n, steps, dtype=torch.long, device=ids.device)
-    takes_cache = _accepts(lm, "past_key_values")
+    takes_cache = _accepts(lm, cache_keyword(lm))
     with torch.no_grad():
         first, cache = _prefix_cache(lm, prefix, n) if prefix.numel() else (torch.empty(0), None)
         context = ids if cache is not None else torch.cat([prefix.expand(n, -1), ids], dim=1)
@@ -112,14 +134,14 @@ def decode(lm: Callable[..., Any], prefix: Tensor, ids: Tensor, steps: int,
         else:
             out = _call(lm, context, 1, cache)
             logits = lm_logits(out)[:, -1]
-            cache = getattr(out, "past_key_values", None) if takes_cache else None
+            cache = returned_cache(out) if takes_cache else None
         for t in range(steps):
             tokens[:, t] = choose(logits)
             if t + 1 == steps:
                 break
             if cache is not None:
                 out = _call(lm, tokens[:, t : t + 1], 1, cache)
-                cache = out.past_key_values
+                cache = returned_cache(out)
             else:
                 out = _call(lm, torch.cat([context, tokens[:, : t + 1]], dim=1), 1)
             logits = lm_logits(out)[:, -1]
@@ -140,6 +162,15 @@ def check_token_ids(x: Tensor, vocab: int | None, name: str) -> None:
         raise InvalidArgumentError(f"{name} holds negative token ids")
     if x.numel() and vocab is not None and int(x.max()) >= vocab:
         raise InvalidArgumentError(f"{name} holds token id {int(x.max())} but the LM has {vocab} tokens")
+
+
+#: draw(t, log_d (b, vocab), start) -> tokens (b,): how ``LMDistribution.sample_steered`` picks token t
+TokenDraw = Callable[..., Tensor]
+
+
+def _draw(log_d: Tensor, generator: torch.Generator) -> Tensor:
+    """One token per row (b,) from log-probabilities log_d (b, vocab)."""
+    return torch.multinomial(torch.exp(log_d), 1, generator=generator)[:, 0]
 
 
 class LMDistribution(Distribution):
@@ -175,6 +206,8 @@ class LMDistribution(Distribution):
         self.eos_id = eos_id
         self.batch_size = batch_size
         self.event_shape = (length,)
+        #: sequences written or scored by the LM so far (one LM call each)
+        self.lm_calls = 0
 
     @property
     def is_discrete(self) -> bool:
@@ -188,27 +221,73 @@ class LMDistribution(Distribution):
     # --- sampling ---------------------------------------------------------------------------
     def sample(self, n: int, generator: torch.Generator) -> Tensor:
         """n sequences, LongTensor (n, length) on the CPU, drawn token by token (batched)."""
+        return self.sample_steered(n, generator, lambda t, log_d, start: _draw(log_d, generator))
+
+    def sample_steered(self, n: int, generator: torch.Generator, draw: TokenDraw) -> Tensor:
+        """n sequences (n, length) whose token t is ``draw(t, log_d, start)`` instead of a draw from D.
+
+        log_d (b, vocab), float64: D's conditional log-probabilities of token t for rows
+        start..start + b of this call (with eos absorbing), from which ``draw`` returns
+        tokens (b,). An importance-sampling proposal that reweights D's conditionals
+        samples through this, and learns log p_D of what it drew at no extra LM call.
+        """
         if not isinstance(n, int) or n < 0:
             raise InvalidArgumentError(f"n must be a non-negative int, got {n!r}")
-        parts = [self._sample_batch(min(self.batch_size, n - i), generator)
-                 for i in range(0, n, self.batch_size)]
+        parts = []
+        for start in range(0, n, self.batch_size):
+            b = min(self.batch_size, n - start)
+            empty = torch.zeros(b, 0, dtype=torch.long)
+            parts.append(self._continue(empty, self.length, partial(draw, start=start)))
         return torch.cat(parts) if parts else torch.zeros(0, self.length, dtype=torch.long)
 
-    def _sample_batch(self, b: int, generator: torch.Generator) -> Tensor:
-        done = torch.zeros(b, dtype=torch.bool)
+    def _continue(self, head: Tensor, steps: int, draw: Callable[..., Tensor]) -> Tensor:
+        """head (b, t) followed by ``steps`` tokens from ``draw(t, log_d)``: (b, t + steps), CPU.
 
-        def draw(logits: Tensor) -> Tensor:
-            probs = torch.softmax(logits.float().cpu() / self.temperature, dim=-1)
-            if not torch.isfinite(probs).all():
+        Counts b LM calls (one sequence written).
+        """
+        b, t0 = head.shape
+        done = (head == self.eos_id).any(1) if self.eos_id is not None else torch.zeros(b, dtype=torch.bool)
+        position = [t0]
+
+        def choose(logits: Tensor) -> Tensor:
+            log_d = torch.log_softmax(logits.float().cpu() / self.temperature, dim=-1).double()
+            if not torch.isfinite(log_d).any(1).all() or torch.isnan(log_d).any():
                 raise ModelOutputError("the language model returned NaN or inf logits while sampling")
-            nxt = torch.multinomial(probs, 1, generator=generator)[:, 0]
             if self.eos_id is not None:
-                nxt = torch.where(done, self.eos_id, nxt)
+                absorbed = torch.full_like(log_d, -math.inf)
+                absorbed[:, self.eos_id] = 0.0
+                log_d = torch.where(done[:, None], absorbed, log_d)
+            nxt = draw(position[0], log_d)
+            if self.eos_id is not None:
                 done.logical_or_(nxt == self.eos_id)
+            position[0] += 1
             return nxt.to(self._device)
 
-        empty = torch.zeros(b, 0, dtype=torch.long, device=self._device)
-        return decode(self.lm, self.prompt_ids.to(self._device), empty, self.length, draw).cpu()
+        self.lm_calls += b
+        tail = decode(self.lm, self.prompt_ids.to(self._device), head.to(self._device), steps, choose).cpu()
+        return torch.cat([head.cpu(), tail], dim=1)
+
+    def propose(self, x: Tensor, step: Tensor, generator: torch.Generator) -> Tensor:
+        """Suffix move: redraw each row's last k tokens from the LM given the tokens before them.
+
+        k = 1 + Binomial(length - 1, step) per row, drawn without looking at x. For a fixed
+        k, p_D(x) q(x' | x) = p_D(x_<t) p_D(x_t: | x_<t) p_D(x'_t: | x_<t) is symmetric in x and
+        x', so the move is reversible with respect to D (splitting accepts it iff the score
+        stays on the level). One LM call per row.
+        """
+        self.check_inputs(x)
+        n = x.shape[0]
+        with torch.no_grad():
+            k = 1 + torch.binomial(torch.full((n,), float(self.length - 1)),
+                                   step.double().clamp(0.0, 1.0).float().cpu(), generator=generator).long()
+            out = x.clone().cpu()
+            for keep in torch.unique(self.length - k).tolist():
+                rows = torch.nonzero(self.length - k == keep).flatten()
+                for chunk in rows.split(self.batch_size):
+                    redrawn = self._continue(out[chunk, :keep], self.length - keep,
+                                             lambda t, log_d: _draw(log_d, generator))
+                    out[chunk] = redrawn
+        return out
 
     # --- densities ----------------------------------------------------------------------------
     def token_log_probs(self, x: Tensor) -> Tensor:
@@ -219,6 +298,7 @@ class LMDistribution(Distribution):
         return torch.cat(parts) if parts else torch.zeros(0, self.length, dtype=torch.float64)
 
     def _token_log_probs_batch(self, x: Tensor) -> Tensor:
+        self.lm_calls += x.shape[0]
         ids = x.long().to(self._device)
         logits = continuation_logits(self.lm, self.prompt_ids.to(self._device), ids[:, :-1], self.length)
         # float32 log-softmax, then float64: the double copy of (n, length, vocab) is not needed

@@ -4,6 +4,7 @@ from . import (
     gld,  # noqa: F401
     importance,  # noqa: F401
     itgis,  # noqa: F401
+    lm_is,  # noqa: F401
     mc,  # noqa: F401
     mhis,  # noqa: F401
     moments,  # noqa: F401

@@ -26,12 +26,15 @@ import torch
 from torch import nn
 
 from ..dists.base import Distribution
+from ..dists.lm import LMDistribution
 from ..dists.unnormalized import ChainStarted
 from ..oracle import ScoreOracle
 from ..specs import Spec
 from . import _policy, _space
 from .base import Outcome, build
 from .importance import ImportanceSampling
+from .lm_auto import run_lm_auto
+from .lm_is import LMImportanceSampling
 from .mc import MonteCarlo, counts_outcome
 from .modes import START_RADII
 from .splitting import Splitting
@@ -48,6 +51,9 @@ FEW_REPEATS_BELOW = 40_000
 
 def choose_method(model: nn.Module, dist: Distribution, spec: Spec, budget: int) -> str:
     """The method ``auto`` reports for these inputs: "cross-check", a single method, or "mc"."""
+    if isinstance(dist, LMDistribution):
+        refused = LMImportanceSampling().unsupported_reason(model, dist, spec)
+        return "lm-is+splitting" if refused is None else "mc"
     if dist.is_discrete:
         return token_method(model, dist, spec, budget)[0]
     if _cross_checkable(model, dist, spec):
@@ -63,6 +69,8 @@ def run_auto(
 ) -> tuple[str, Outcome]:
     """Pilot plain sampling, then plain sampling, the cross-check or the one supported method."""
     model, dist, spec = oracle.model, oracle.dist, oracle.spec
+    if isinstance(dist, LMDistribution):
+        return run_lm_auto(oracle, budget, generator, confidence)  # budget: policy plus LM calls
     if isinstance(dist, ChainStarted):
         # no sampler, so no plain-sampling pilot to check against: the one method that fits
         chosen = "is" if ImportanceSampling().unsupported_reason(model, dist, spec) is None else "splitting"
