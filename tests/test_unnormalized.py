@@ -59,3 +59,14 @@ def test_importance_sampling_finds_a_1e_minus_8_tail_without_sampling():
                       method="is", budget=30_000, seed=0)
     assert abs(est.log10_p + 8.0) < 0.1
     assert est.ci_log10[0] <= -8.0 <= est.ci_log10[1]
+
+
+def test_splitting_needs_no_sampler_and_no_normaliser():
+    d = 4
+    threshold = math.log(1e6 - 1)  # P = 1e-6
+    dist = Unnormalized(_logistic, (d,))
+    est = tg.estimate(_first_coordinate(d), dist, tg.OutputAbove(0, threshold), method="splitting",
+                      budget=40_000, seed=0, n_steps=10)
+    assert est.ci_log10[0] <= -6.0 <= est.ci_log10[1]
+    assert abs(est.log10_p + 6.0) < 0.4
+    assert dist._normaliser is None  # splitting never asked for Z

@@ -11,14 +11,13 @@ an exact sample:
   with Gaussian or exponential tails, so the weights stay bounded there), with its
   relative standard error; ``log_prob`` is log_density - ln Z_hat, and importance
   sampling adds the normaliser's error to its interval;
-- a reversible MCMC move: a preconditioned Crank-Nicolson proposal for the
-  reference with a Metropolis-Hastings correction to the target, and chain starts
-  by sampling-importance-resampling from the Student-t draws followed by burn-in
-  moves. Splitting needs nothing else, and no normaliser at all.
+- a reversible MCMC move: random-walk Metropolis shaped by the reference's
+  covariance, and chain starts by sampling-importance-resampling from the Student-t
+  draws followed by burn-in moves. Splitting needs nothing else, and no normaliser.
 
 References: Tierney & Kadane (1986) for the Laplace fit; Geweke (1989) on
-Student-t importance densities; Cotter, Roberts, Stuart & White (2013) for pCN within
-Metropolis-Hastings; Rubin (1988) for sampling-importance-resampling.
+Student-t importance densities; Roberts, Gelman & Gilks (1997) for random-walk
+Metropolis scaling; Rubin (1988) for sampling-importance-resampling.
 """
 
 from __future__ import annotations
@@ -40,6 +39,8 @@ from .gaussian import Gaussian
 BURN_IN = 20
 #: Student-t pool size per chain start asked for
 POOL_PER_START = 20
+#: the random-walk acceptance rate the burn-in tunes ``scale`` to (Roberts, Gelman & Gilks 1997: 0.234)
+TARGET_ACCEPTANCE = 0.25
 
 
 @runtime_checkable
@@ -99,6 +100,8 @@ class Unnormalized(Distribution):
             raise ShapeMismatchError(f"init has shape {tuple(start.shape)}; expected {event_shape}")
         self.init = start.double()
         self._reference: Gaussian | None = None
+        #: the random-walk step, in the reference's standard deviations, at splitting's step 1
+        self.scale = 2.4 / math.sqrt(self.dim)
         self._normaliser: Normaliser | None = None
 
     # --- the unnormalised density ---------------------------------------------------------
@@ -194,29 +197,36 @@ class Unnormalized(Distribution):
         return self.log_density_of(x) - self.normaliser.log_z
 
     def propose(self, x: Tensor, step: Tensor, generator: torch.Generator) -> Tensor:
-        """pCN for the reference, then accepted with the Metropolis-Hastings ratio of target / reference.
+        """A random-walk Metropolis move x' = x + b L xi, L the reference's scale, b = scale * step.
 
-        pCN is reversible for the reference, so the corrected move is reversible for the
-        target; a rejected proposal leaves the input where it was.
+        Symmetric, so accepting with the ratio of target densities makes it reversible for
+        the target whatever its tails (a pCN move for the reference, corrected, sticks in
+        any tail heavier than the reference's). A rejected move leaves the input where it
+        was, which splitting cannot tell from an accepted one, so ``scale`` is tuned in
+        ``chain_starts`` and splitting's step only shrinks it.
         """
         ref = self.reference
         with torch.no_grad():
-            proposal = ref.propose(x, step, generator)
-            log_ratio = ((self._batched(proposal) - ref.log_prob(proposal))
-                         - (self._batched(x) - ref.log_prob(x)))
+            z = ref.whiten(x)
+            b = self.scale * step.double().reshape(-1, 1)
+            proposal = ref.unwhiten(z + b * torch.randn(z.shape, generator=generator, dtype=torch.float64))
+            log_ratio = self._batched(proposal) - self._batched(x.double())
             u = torch.rand(x.shape[0], generator=generator, dtype=torch.float64)
             accept = torch.log(u) < log_ratio
             return torch.where(accept.reshape(-1, *([1] * len(self.event_shape))), proposal, x.double())
 
     def chain_starts(self, n: int, generator: torch.Generator) -> Tensor:
-        """Sampling-importance-resampling from Student-t draws, then BURN_IN corrected moves."""
+        """Sampling-importance-resampling from Student-t draws, then BURN_IN moves that tune ``scale``."""
         x, log_t = self._t_draws(max(POOL_PER_START * n, 10_000), generator)
         log_w = self._batched(x) - log_t
         pick = torch.multinomial(torch.softmax(log_w, 0), n, replacement=True, generator=generator)
         starts = x[pick]
-        step = torch.full((n,), 0.5, dtype=torch.float64)
+        full = torch.ones(n, dtype=torch.float64)
         for _ in range(BURN_IN):
-            starts = self.propose(starts, step, generator)
+            moved = self.propose(starts, full, generator)
+            rate = float((moved != starts).reshape(n, -1).any(1).double().mean())
+            starts = moved
+            self.scale = min(self.scale * math.exp(rate - TARGET_ACCEPTANCE), 3.0)
         return starts
 
     def __repr__(self) -> str:
