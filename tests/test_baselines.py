@@ -13,7 +13,9 @@ from tailguard.tasks.digits import digits_cnn, digits_mlp, load_digits_data
 
 from ._toy_backdoor import TRIGGER_COL, TRIGGER_ROW, base_images, flat_params, toy_task, trigger_model
 
-FAST = dict(steps=6, eval_every=3, eval_budget=2_000, eval_method="mc", held_out=1, batch_size=32)
+FAST = dict(steps=6, eval_every=3, eval_budget=2_000, eval_method="mc", held_out=1, batch_size=32,
+            judge_budget=2_000, judge_sampling_budget=2_000, judge_attack_budget=6_000,
+            judge_attack_method="mc")
 EXTRA = {
     "standard": {},
     "finetune_adversary": dict(attack_budget=20_000, attack_method="mc", adv_batch=32),
@@ -68,6 +70,7 @@ def test_each_baseline_returns_a_trained_copy_and_a_harden_shaped_report(name):
         assert {"log10_p", "ci_log10", "method"} <= set(ev["deployment"])
     assert report.to_json() and "| 6 |" in report.markdown()
     assert (report.model_calls > 0) == (name != "standard")
+    assert report.verdict["distributions"] and report.verdict["attacks"]  # judged independently too
 
 
 @pytest.mark.parametrize("name", ["pgd", "finetune_adversary"])

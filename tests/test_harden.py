@@ -24,6 +24,10 @@ FAST = dict(
     held_out=1,
     checkpoint_every=3,
     batch_size=32,
+    judge_budget=2_000,
+    judge_sampling_budget=2_000,
+    judge_attack_budget=6_000,
+    judge_attack_method="mc",
 )
 
 
@@ -174,3 +178,33 @@ def test_report_saves_to_a_str_or_path_folder(tmp_path):
         assert all(p.is_file() and p.parent == Path(folder) for p in paths.values())
         assert tg.HardenReport.from_dict(json.loads(paths["json"].read_text())).evals == report.evals
     assert report.plot(str(tmp_path / "alone.png")).is_file()
+
+
+def test_every_report_carries_an_independent_verdict_beside_the_training_judge():
+    train, family = toy_task()
+    res = harden_toy(seed=0, deployment=tg.NoisyEmpirical(train[0][:16], 0.05), **{**FAST, "steps": 40,
+                                                                                      "lr": 0.05})
+    v = res.report.verdict
+    assert v["training_judge"] == "is" and v["independent_judges"] == ["splitting", "mc"]
+    names = set(v["distributions"])
+    assert {"training adversary's worst member", "held-out member 1", "deployment"} == names
+    for row in v["distributions"].values():
+        assert {"training", "splitting", "sampling", "verdict"} <= set(row)
+        assert row["splitting"]["method"] == "splitting" and row["sampling"]["method"] == "mc"
+        assert row["verdict"]["ci_log10"][1] <= row["sampling"]["ci_log10"][1]  # never above mc's exact bound
+    attacks = v["attacks"]
+    assert attacks[0]["in_threat_model"] and not any(a["in_threat_model"] for a in attacks[1:])
+    assert {"1x1 patches", "3x3 patches", "4x4 patches"} <= {a["family"] for a in attacks}
+    assert v["worst_in_threat_model_log10_p"] == attacks[0]["log10_p"] < -2  # the trigger is gone
+    assert v["disagreements"] == [n for n, row in v["distributions"].items() if not row["agree"]]
+    markdown = res.report.markdown()
+    assert "training judge (is)" in markdown and "Fresh attacks" in markdown
+    assert tg.HardenReport.from_dict(json.loads(res.report.to_json())).verdict == v
+
+
+def test_a_training_judge_that_misses_the_independent_one_is_flagged():
+    from tailguard.harden.judge import overlap
+
+    assert overlap([-5.0, -3.0], [-4.0, -2.0]) and overlap([-5.0, -3.0], [-3.0, -1.0])
+    assert not overlap([-12.0, -10.0], [-4.0, -3.0]) and not overlap([-4.0, -3.0], [-12.0, -10.0])
+    assert overlap([-math.inf, -4.0], [-6.0, -5.0])

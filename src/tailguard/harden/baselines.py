@@ -55,6 +55,7 @@ from .trainer import (
     _check_train,
     _held_out_members,
     check_game,
+    final_verdict,
     held_out_evaluation,
     probe,
     reject_unknown_settings,
@@ -82,6 +83,10 @@ class BaselineSettings:
     eval_budget: int = HardenSettings.eval_budget
     eval_method: str = HardenSettings.eval_method
     held_out: int = HardenSettings.held_out
+    judge_budget: int = HardenSettings.judge_budget
+    judge_sampling_budget: int = HardenSettings.judge_sampling_budget
+    judge_attack_budget: int = HardenSettings.judge_attack_budget
+    judge_attack_method: str = HardenSettings.judge_attack_method
 
     def __post_init__(self) -> None:
         self.harness()
@@ -294,7 +299,8 @@ def run_baseline(
     trained.eval()
     report = HardenReport(settings={"baseline": name, **dataclasses.asdict(cfg)},
                           constraint=family.constraint(), seed=seed, steps=trace.steps, evals=trace.evals,
-                          seconds=trace.seconds, model_calls=game.model_calls)
+                          seconds=trace.seconds, model_calls=game.model_calls,
+                          verdict=final_verdict(trained, spec, family, held_out, deployment, harness, seed))
     return HardenResult(model=trained, report=report)
 
 

@@ -32,6 +32,8 @@ class HardenReport:
     test_accuracy, held_out (list of estimates as dicts), deployment (estimate dict).
     An estimate dict has log10_p, ci_log10, method, n_model_calls, trusted and
     warnings (the last two absent in runs recorded before they were added).
+    verdict: the independent judgement of the final model (``harden.judge.verdict``;
+    empty in runs recorded before it was added).
     """
 
     settings: dict[str, Any]
@@ -41,6 +43,7 @@ class HardenReport:
     evals: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
     model_calls: int = 0
+    verdict: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return _encode(asdict(self))  # type: ignore[no-any-return]
@@ -87,7 +90,7 @@ class HardenReport:
             lines.append(
                 f"| {ev['step']} | {ev.get('test_accuracy', float('nan')):.4f} | {_fmt(held)} | {_fmt(dep)} |"
             )
-        return "\n".join(lines) + "\n"
+        return "\n".join(lines + verdict_lines(self.verdict)) + "\n"
 
     def figure(self) -> Any:
         """log10 P(catastrophe) against step: surrogates as lines, validated estimates with CIs."""
@@ -165,3 +168,29 @@ def _worst(entry: dict[str, Any] | list[dict[str, Any]] | None) -> dict[str, Any
 
 def _fmt(est: dict[str, Any] | None) -> str:
     return interval_text(est["log10_p"], est["ci_log10"]) if est else "-"
+
+
+def verdict_lines(verdict: dict[str, Any]) -> list[str]:
+    """The independent verdict as markdown: training judge beside the independent ones, fresh attacks."""
+    if not verdict:
+        return []
+    lines = [
+        "",
+        "Final model, judged by estimators training did not descend (verdict: plain sampling where it "
+        "saw 30 catastrophes, else splitting capped by plain sampling's exact upper bound):",
+        "",
+        f"| distribution | training judge ({verdict['training_judge']}) | splitting | plain sampling "
+        "| verdict | agree |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, row in verdict["distributions"].items():
+        cells = [_fmt(row[k]) for k in ("training", "splitting", "sampling", "verdict")]
+        lines.append(f"| {name} | {' | '.join(cells)} | {'yes' if row['agree'] else '**NO**'} |")
+    if verdict["disagreements"]:
+        lines += ["", f"**Disagreement** on: {', '.join(verdict['disagreements'])}."]
+    if verdict["attacks"]:
+        lines += ["", "Fresh attacks on the final model (new seeds):", "",
+                  "| family | in training's threat model | best member log10 p [95% CI] |", "|---|---|---|"]
+        lines += [f"| {a['family']} | {'yes' if a['in_threat_model'] else 'no'} | {_fmt(a)} |"
+                  for a in verdict["attacks"]]
+    return lines

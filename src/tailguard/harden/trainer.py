@@ -38,6 +38,8 @@ from ..oracle import ScoreOracle, model_dtype_device
 from ..specs import Spec
 from .adversary import ESTIMATORS, Adversary, FamilyAdversary, FixedAdversary, PoolSettings
 from .game import Game, LoopSettings, other_configuration, recorded_config, train_loop
+from .judge import JudgeSettings
+from .judge import verdict as independent_verdict
 from .objective import Objective
 from .policy import ClassifierPolicy, check_examples
 from .report import HardenReport
@@ -66,6 +68,10 @@ class HardenSettings:
     held_out: int = 4
     checkpoint_every: int = 50
     deployment_estimator: str = "surrogate"
+    judge_budget: int = JudgeSettings.budget
+    judge_sampling_budget: int = JudgeSettings.sampling_budget
+    judge_attack_budget: int = JudgeSettings.attack_budget
+    judge_attack_method: str = JudgeSettings.attack_method
 
     def __post_init__(self) -> None:
         positive_ints = (
@@ -90,6 +96,12 @@ class HardenSettings:
         if self.pool_size > self.candidates:
             raise InvalidArgumentError("pool_size must not exceed candidates")
         check_method(self.eval_method, "eval_method", self.eval_budget)
+        self.judge()
+
+    def judge(self) -> JudgeSettings:
+        """The settings of the independent verdict on the final model."""
+        return JudgeSettings(self.judge_budget, self.judge_sampling_budget, self.judge_attack_budget,
+                             self.judge_attack_method)
         if self.deployment_estimator not in ESTIMATORS:
             known = ", ".join(ESTIMATORS)
             raise InvalidArgumentError(
@@ -279,7 +291,8 @@ def harden(
     probe(oracle, family, held_out[0])
     pool = PoolSettings(cfg.pool_size, cfg.candidates, cfg.samples, cfg.temperature, cfg.adversary_lr,
                         cfg.refresh_every)
-    adversaries: list[Adversary] = [FamilyAdversary("adversary", family, oracle, pool, cfg.adversary_floor)]
+    worst = FamilyAdversary("adversary", family, oracle, pool, cfg.adversary_floor)
+    adversaries: list[Adversary] = [worst]
     if deployment is not None:
         adversaries.append(FixedAdversary("deployment", deployment, oracle, cfg.samples, cfg.temperature,
                                           cfg.deployment_floor, cfg.deploy_weight, cfg.deployment_estimator))
@@ -297,10 +310,24 @@ def harden(
         trace = train_loop(game, LoopSettings(cfg.steps, cfg.lr, cfg.checkpoint_every), seed, fingerprint,
                            checkpoint_dir, resume, on_step)
     trained.eval()
+    found = {"training adversary's worst member": family.member(worst.worst(torch.Generator()))}
+    verdict = final_verdict(trained, spec, family, held_out, deployment, cfg, seed, found)
     report = HardenReport(settings=dataclasses.asdict(cfg), constraint=family.constraint(), seed=seed,
                           steps=trace.steps, evals=trace.evals, seconds=trace.seconds,
-                          model_calls=game.model_calls)
+                          model_calls=game.model_calls, verdict=verdict)
     return HardenResult(model=trained, report=report)
+
+
+def final_verdict(model: nn.Module, spec: Spec, family: Family, held_out: list[Params],
+                  deployment: Distribution | None, cfg: HardenSettings, seed: int,
+                  found: dict[str, Distribution] | None = None) -> dict[str, Any]:
+    """The independent verdict of a run's final model: on ``found`` (what its adversary ended on),
+    the held-out members and D, and fresh attacks on the family (seeds training never used)."""
+    dists = dict(found or {})
+    dists.update({f"held-out member {i + 1}": family.member(p) for i, p in enumerate(held_out)})
+    if deployment is not None:
+        dists["deployment"] = deployment
+    return independent_verdict(model, spec, dists, family, cfg.judge(), seed + 104729)
 
 
 def config_fingerprint(cfg: Any, seed: int, spec: Spec, family: Family, train: tuple[Tensor, Tensor]
