@@ -55,13 +55,7 @@ def cache_keyword(lm: Callable[..., Any]) -> str:
     transformers deprecated ``past_key_values`` for ``cache`` (removal announced for 5.40);
     a peft wrapper forwards keywords to its base model, so that model's forward decides.
     """
-    base = lm.get_base_model() if hasattr(lm, "get_base_model") else lm
-    forward = getattr(base, "forward", base)
-    try:
-        params = inspect.signature(forward).parameters
-    except (TypeError, ValueError):
-        return "past_key_values"
-    return "cache" if "cache" in params else "past_key_values"
+    return "cache" if _named(lm, "cache") else "past_key_values"
 
 
 def returned_cache(output: Any) -> Any:
@@ -114,6 +108,49 @@ def continuation_logits(lm: Callable[..., Any], prefix: Tensor, ids: Tensor, kee
         return first[:, None]
     rest = lm_logits(_call(lm, ids, min(keep, t), cache))[:, -min(keep, t):]
     return torch.cat([first[:, None], rest], dim=1) if keep == t + 1 else rest
+
+
+def padded_logits(lm: Callable[..., Any], rows: list[Tensor], keep: int) -> Tensor:
+    """Logits (n, keep, vocab) at the last ``keep`` positions of each of n sequences of any length.
+
+    A model that takes ``attention_mask`` and ``position_ids`` (every Hugging Face causal
+    LM) gets one batch, left-padded, the padding masked out and positions counted from
+    each row's first real token, so every row sees what it would see alone. Other
+    models get one call per distinct length. Gradients flow to the LM's parameters.
+    """
+    if not rows:
+        raise InvalidArgumentError("padded_logits needs at least one sequence")
+    lengths = torch.tensor([r.numel() for r in rows])
+    if int(lengths.min()) < keep:
+        raise ShapeMismatchError(f"every sequence needs at least {keep} tokens, one has {int(lengths.min())}")
+    device = rows[0].device
+    if _accepts(lm, "attention_mask") and _accepts(lm, "position_ids") and _named(lm, "attention_mask"):
+        width = int(lengths.max())
+        ids = torch.zeros(len(rows), width, dtype=torch.long, device=device)
+        mask = torch.zeros(len(rows), width, dtype=torch.long, device=device)
+        for i, r in enumerate(rows):
+            ids[i, width - r.numel():] = r
+            mask[i, width - r.numel():] = 1
+        positions = (mask.cumsum(1) - 1).clamp(min=0)
+        kwargs = {"logits_to_keep": keep} if _accepts(lm, "logits_to_keep") else {}
+        return lm_logits(lm(input_ids=ids, attention_mask=mask, position_ids=positions, **kwargs))[:, -keep:]
+    out: list[Tensor | None] = [None] * len(rows)
+    for length in torch.unique(lengths).tolist():
+        index = torch.nonzero(lengths == length).flatten()
+        batch = torch.stack([rows[i] for i in index.tolist()])
+        logits = lm_logits(_call(lm, batch, keep))[:, -keep:]
+        for j, i in enumerate(index.tolist()):
+            out[i] = logits[j]
+    return torch.stack([t for t in out if t is not None])
+
+
+def _named(lm: Callable[..., Any], name: str) -> bool:
+    """Whether the LM's (or a peft wrapper's base model's) forward names the keyword ``name`` itself."""
+    base = lm.get_base_model() if hasattr(lm, "get_base_model") else lm
+    try:
+        return name in inspect.signature(getattr(base, "forward", base)).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def decode(lm: Callable[..., Any], prefix: Tensor, ids: Tensor, steps: int,

@@ -1,10 +1,12 @@
 """Language models: the real small LM, text models behind the model interface, text specs, LoRA training."""
 
 from .adversary import AdversaryResult, AdversarySettings, train_adversary
+from .forecast import forecast_log_p, forecast_worst_query_risk
 from .harden import HardenResult, PolicyReport, PolicySettings, harden_policy, policy_report
-from .hf import NextTokenLogits, chat_policy, chat_template_parts
+from .hf import NextTokenLogits, ReplyLogProb, chat_policy, chat_template_parts
+from .prompts import chat_prompt
 from .smollm2 import load_smollm2
-from .specs import CheckerFlags, ContinuationMatches, NextTokenIn
+from .specs import CheckerFlags, ContinuationMatches, JudgeAbove, NextTokenIn, lm_verdict
 from .training import add_lora
 
 __all__ = [
@@ -13,14 +15,20 @@ __all__ = [
     "CheckerFlags",
     "ContinuationMatches",
     "HardenResult",
+    "JudgeAbove",
     "NextTokenIn",
     "NextTokenLogits",
     "PolicyReport",
     "PolicySettings",
+    "ReplyLogProb",
     "add_lora",
     "chat_policy",
+    "chat_prompt",
     "chat_template_parts",
+    "forecast_log_p",
+    "forecast_worst_query_risk",
     "harden_policy",
+    "lm_verdict",
     "load_smollm2",
     "policy_report",
     "train_adversary",

@@ -111,3 +111,52 @@ class CheckerFlags(Predicate):
 
     def __repr__(self) -> str:
         return f"CheckerFlags({getattr(self.fn, '__name__', 'checker')})"
+
+
+class JudgeAbove(Spec):
+    """A judge scores each (input, output) pair; catastrophe iff the score exceeds ``threshold``.
+
+    judge(x, y) -> (n,) float: a classifier's logit, or a second LM's verdict such as
+    ``lm_verdict`` below. The score is graded, so rare-event methods can climb it, and
+    ``soft`` is log sigmoid((score - threshold) / T), differentiable where the judge is.
+    The judge's own forward passes are not model calls of the policy and are not counted.
+    """
+
+    def __init__(self, judge: Callable[[Tensor, Tensor], Tensor], threshold: float = 0.0):
+        if not callable(judge):
+            raise InvalidArgumentError("judge must be callable: judge(x, y) -> (n,) scores")
+        finite = isinstance(threshold, int | float) and math.isfinite(threshold)
+        if isinstance(threshold, bool) or not finite:
+            raise InvalidArgumentError(f"threshold must be a finite number, got {threshold!r}")
+        self.judge = judge
+        self.threshold = float(threshold)
+
+    def score(self, x: Tensor, y: Tensor) -> Tensor:
+        s = torch.as_tensor(self.judge(x, y))
+        if s.shape != (x.shape[0],):
+            raise ShapeMismatchError(f"the judge returned shape {tuple(s.shape)}; expected ({x.shape[0]},)")
+        if not s.is_floating_point():
+            raise InvalidArgumentError(f"the judge must return float scores, got dtype {s.dtype}")
+        return s - self.threshold
+
+    def __repr__(self) -> str:
+        return f"JudgeAbove({getattr(self.judge, '__name__', 'judge')}, {self.threshold:g})"
+
+
+def lm_verdict(judge: Callable[[Tensor], Tensor], yes_ids: Sequence[int],
+               no_ids: Sequence[int]) -> Callable[[Tensor, Tensor], Tensor]:
+    """A second LM as judge: log P(a "yes" token) - log P(a "no" token) as its first reply token.
+
+    judge: a ``NextTokenLogits`` of the judging LM whose template asks whether the message
+    (x) is harmful, ids (n, ctx) -> logits (n, vocab); the policy's output is not shown
+    to it. Positive scores mean the judge leans to "yes".
+    """
+    yes, no = sorted({int(t) for t in yes_ids}), sorted({int(t) for t in no_ids})
+    if not yes or not no or set(yes) & set(no):
+        raise InvalidArgumentError("yes_ids and no_ids must be non-empty and disjoint")
+
+    def verdict(x: Tensor, y: Tensor) -> Tensor:
+        log_probs = torch.log_softmax(judge(x).double(), dim=-1)
+        return torch.logsumexp(log_probs[:, yes], 1) - torch.logsumexp(log_probs[:, no], 1)
+
+    return verdict
