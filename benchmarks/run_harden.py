@@ -1,8 +1,18 @@
-"""Reproduce benchmarks/harden/harden.{json,md,png}: harden and its baselines on planted catastrophes.
+"""Reproduce benchmarks/harden/: harden and its baselines on planted catastrophes, over seeds.
 
-.venv/bin/python benchmarks/run_harden.py            # about 15 minutes on 2 cores
+.venv/bin/python benchmarks/run_harden.py [OUT] [TASK:METHODS:SEEDS ...]
+
+Each TASK:METHODS:SEEDS names a task (``tailguard.bench.hardening.TASKS``), methods
+separated by commas (``harden``, ``standard``, ``finetune_adversary``, ``pgd``, ``lat``)
+and seeds (``0-4`` or ``0,2``). Default: every method on digits-mlp for seeds 0-4,
+``harden`` and ``standard`` on the other tasks for seeds 0-4. Every record is appended
+to OUT/records.jsonl as it lands (a later run with the same OUT adds to it), every
+judged model's weights go to OUT/weights/ with their SHA-256 in the record, and the
+report (OUT/harden.{json,md,png,html}) is rewritten from all the records after each run.
+One torch thread per process.
 """
 
+import json
 import sys
 import time
 from pathlib import Path
@@ -10,27 +20,44 @@ from pathlib import Path
 import torch
 
 from tailguard.bench.harden_report import write_harden_report
-from tailguard.bench.hardening import METHODS, TASKS, run_harden_benchmark
+from tailguard.bench.hardening import METHODS, run_harden_benchmark
+from tailguard.harden.judge import JudgeSettings
 
 STEPS = 600
-EVAL_BUDGET = 100_000
+JUDGE = JudgeSettings(budget=20_000, sampling_budget=200_000, attack_budget=30_000)
+DEFAULT = [f"digits-mlp:{','.join(METHODS)}:0-4", "digits-mlp-ring:harden,standard:0-4",
+           "policy:harden,standard:0-4", "digits-cnn:harden,standard:0-4"]
 
 
-def main(out: Path) -> None:
+def seeds_of(text: str) -> tuple[int, ...]:
+    if "-" in text:
+        low, high = text.split("-")
+        return tuple(range(int(low), int(high) + 1))
+    return tuple(int(s) for s in text.split(","))
+
+
+def main(out: Path, runs: list[str]) -> None:
     torch.set_num_threads(1)
-    started = time.perf_counter()
-    records = run_harden_benchmark(
-        tasks=list(TASKS), methods=list(METHODS), steps=STEPS, eval_budget=EVAL_BUDGET, progress=print
-    )
-    config = {
-        "steps": STEPS,
-        "eval_budget": EVAL_BUDGET,
-        "eval_method": "auto",
-        "seed": 0,
-        "seconds": time.perf_counter() - started,
-    }
-    print(write_harden_report(records, out, config))
+    out.mkdir(parents=True, exist_ok=True)
+    log = out / "records.jsonl"
+    config = {"steps": STEPS, "judge": JUDGE.__dict__, "runs": runs}
+    seen: set[str] = set()
+    for run in runs:
+        task, methods, seeds = run.split(":")
+        first, _ = task not in seen, seen.add(task)
+        started = time.perf_counter()
+
+        def keep(record: dict) -> None:
+            with log.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+
+        run_harden_benchmark(tasks=[task], methods=methods.split(","), steps=STEPS, seeds=seeds_of(seeds),
+                             judge_settings=JUDGE, weights_dir=out / "weights", progress=print,
+                             on_record=keep, references=first)
+        print(f"{run}: {time.perf_counter() - started:.0f} s")
+        records = [json.loads(line) for line in log.read_text().splitlines()]
+        print(write_harden_report(records, out, config))
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]) if len(sys.argv) > 1 else Path("benchmarks/harden"))
+    main(Path(sys.argv[1]) if len(sys.argv) > 1 else Path("benchmarks/harden"), sys.argv[2:] or DEFAULT)

@@ -158,11 +158,18 @@ def test_bench_pages_show_their_tables_plot_and_silent_misses(tmp_path):
 
 
 def test_harden_bench_page(tmp_path):
-    rows = [{"task": "policy", "method": m, "seconds": 1.0, "train_set_size": 10, "family": "f",
-             "test_accuracy": 0.9, "deployment": ZERO_HITS, "planted": WIDE} for m in ("harden", "standard")]
+    def judged(verdict):
+        return {"training": WIDE, "splitting": WIDE, "sampling": ZERO_HITS, "verdict": verdict, "agree": True}
+
+    attacks = [{"family": "training family", "in_threat_model": True, "log10_p": -4.0, "ci_log10": [-4.1, -3.9]},
+               {"family": "4x4 patches", "in_threat_model": False, "log10_p": -0.5, "ci_log10": [-0.6, -0.4]}]
+    rows = [{"task": "policy", "method": m, "seed": seed, "seconds": 1.0, "train_set_size": 10, "family": "f",
+             "test_accuracy": 0.9, "judged": {"deployment": judged(ZERO_HITS), "planted": judged(WIDE)},
+             "attacks": attacks, "disagreements": []} for m in ("harden", "standard") for seed in (0, 1)]
     paths = write_harden_report(rows, tmp_path, {"steps": 1})
     html = paths["html"].read_text()
-    assert "&lt;= -3.00 (none seen)" in html and "no method could vouch" in html
+    assert "no method could vouch" in html  # the verdict's warnings reach the page
+    assert "| harden | 2 |" in paths["markdown"].read_text()  # one row per method over its seeds
     assert render(tmp_path) == [paths["html"]]
 
 

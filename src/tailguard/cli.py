@@ -318,19 +318,21 @@ def _bench_harden(quick: bool, out: Path) -> None:
     """The hardening benchmark: every method on every task (quick: one task, few steps)."""
     from .bench.harden_report import write_harden_report
     from .bench.hardening import METHODS, TASKS, run_harden_benchmark
+    from .harden.judge import JudgeSettings
 
     console = Console()
     tasks, steps, budget = (["policy"], 60, 20_000) if quick else (list(TASKS), 600, 100_000)
+    judge = JudgeSettings(budget=budget, sampling_budget=10 * budget, attack_budget=budget)
     with _bad_input_exits():
         records = run_harden_benchmark(
             tasks,
             list(METHODS),
             steps=steps,
-            eval_budget=budget,
+            judge_settings=judge,
             progress=lambda message: console.print(f"[dim]{escape(message)}[/dim]"),
         )
         folder = _scratch(out / "harden", quick)
-        paths = write_harden_report(records, folder, {"steps": steps, "eval_budget": budget})
+        paths = write_harden_report(records, folder, {"steps": steps, "judge": judge.__dict__})
     console.print(f"report: {', '.join(str(p) for p in paths.values())}")
 
 

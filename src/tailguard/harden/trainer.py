@@ -8,9 +8,10 @@ surrogate ln P[C]; the model then takes a gradient step on
               + lam * deploy_weight * max(ln P_hat_D[C], deployment_floor)
 
 (``harden.objective``). The floors stop the model from buying ever larger
-margins once a failure is negligible; they are settings, set so that the
-family's worst member is pushed well below 1e-3 and the deployment
-distribution far below 1 / (training set size). At intervals the run is judged
+margins once a failure is negligible; they are settings, not ceilings on
+safety: ln 1e-4 for the family's members (so the worst member is pushed below
+the 1e-3 target, not left near 1e-2) and ln 1e-12 for the deployment
+distribution (far below 1 / training-set size). At intervals the run is judged
 by the validated estimators (``tailguard.estimate``) on held-out members of the
 family and on the deployment distribution. Runs checkpoint and resume exactly.
 """
@@ -59,7 +60,7 @@ class HardenSettings:
     adversary_lr: float = 0.3
     samples: int = 128
     temperature: float = 0.25
-    adversary_floor: float = -4.6
+    adversary_floor: float = -9.2
     deployment_floor: float = -28.0
     refresh_every: int = 10
     eval_every: int = 100
