@@ -8,6 +8,7 @@ its own ``log(mean(exp(...)))``.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -46,28 +47,75 @@ def ess(log_w: torch.Tensor) -> float:
     return float(torch.exp(2 * torch.logsumexp(log_w, 0) - torch.logsumexp(2 * log_w, 0)))
 
 
-def pareto_k(log_w: torch.Tensor) -> float:
-    """Shape k of a generalised Pareto fitted to the largest importance weights (as in PSIS).
+@dataclass(frozen=True)
+class ParetoTail:
+    """A generalised Pareto fitted to the ``m`` largest weights above the next one (as in PSIS).
 
-    k > 0.7 means the weights are so heavy-tailed that the variance estimate, and
-    hence the CI, cannot be trusted (Vehtari et al. 2015, "Pareto smoothed IS").
-    Returns nan when there are too few positive weights to fit.
+    shape: k; scale: sigma, in units of the threshold weight exp(log_threshold).
+    """
+
+    shape: float
+    scale: float
+    log_threshold: float
+    m: int
+
+
+def pareto_tail(log_w: torch.Tensor) -> ParetoTail | None:
+    """The tail fit of importance weights given in log space; None with too few positive weights.
+
+    The tail is the m = min(n / 5, 3 sqrt n) largest weights (Vehtari et al. 2015,
+    "Pareto smoothed importance sampling"); the weights' common scale cancels in the
+    shape, so the fit is to exp(log w - threshold) - 1.
     """
     w = log_w.double()
     w = w[torch.isfinite(w)]
     n = w.numel()
     if n < 20:
-        return float("nan")
+        return None
     m = int(min(0.2 * n, 3 * math.sqrt(n)))
     tail, _ = torch.sort(w, descending=True)
-    tail = tail[: m + 1]
-    threshold = tail[-1]
-    # the weights' common scale cancels in the shape: fit exp(log w - threshold) - 1
-    excess = torch.expm1(tail[:-1] - threshold).numpy()
+    threshold = tail[m]
+    excess = torch.expm1(tail[:m] - threshold).numpy()
     if np.all(excess <= 0):
-        return float("nan")
-    shape, _, _ = stats.genpareto.fit(excess, floc=0.0)
-    return float(shape)
+        return None
+    shape, _, scale = stats.genpareto.fit(excess, floc=0.0)
+    return ParetoTail(float(shape), float(scale), float(threshold), m)
+
+
+def pareto_k(log_w: torch.Tensor) -> float:
+    """Shape k of the generalised Pareto fitted to the largest importance weights; nan if unfit.
+
+    k > 0.5: the fitted tail has no finite variance; k > 0.7: the weights are so
+    heavy-tailed that the variance estimate, and hence the CI, cannot be trusted.
+    """
+    tail = pareto_tail(log_w)
+    return math.nan if tail is None else tail.shape
+
+
+def log_mean_upper_heavier_tail(log_w: torch.Tensor, confidence: float) -> float:
+    """An upper end for log mean(w) that allows the weights' tail to be heavier than it looks.
+
+    A variance-based interval trusts the weights drawn. With a heavy tail (Pareto k
+    near or above 0.5) most runs have not yet drawn the weights that carry much of the
+    mean, and their sample variance is low for the same reason, so the interval falls
+    short on its upper side. Here the tail's mean is recomputed as the generalised
+    Pareto mean threshold * (1 + sigma / (1 - k_up)), with k_up the upper confidence
+    limit of the shape (asymptotic standard error (1 + k) / sqrt(m)), and the bulk kept
+    as drawn. ``log_w`` holds every draw's term (-inf for draws that contribute
+    nothing). Returns +inf when k_up reaches 1 (the mean itself may not exist).
+    """
+    n_draws = log_w.numel()
+    tail = pareto_tail(log_w)
+    if tail is None:
+        return -math.inf
+    z = float(stats.norm.ppf(0.5 + confidence / 2))
+    k_up = tail.shape + z * (1 + max(tail.shape, 0.0)) / math.sqrt(tail.m)
+    if k_up >= 1.0:
+        return math.inf
+    finite, _ = torch.sort(log_w[torch.isfinite(log_w)].double(), descending=True)
+    log_bulk = float(torch.logsumexp(finite[tail.m:], 0))
+    log_tail = tail.log_threshold + math.log(tail.m * (1 + max(tail.scale, 0.0) / (1 - k_up)))
+    return float(np.logaddexp(log_bulk, log_tail)) - math.log(n_draws)
 
 
 def binomial_log_ci(hits: int, n: int, confidence: float) -> tuple[float, float]:

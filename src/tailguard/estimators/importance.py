@@ -22,7 +22,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from .._logspace import ess, logmeanexp, normal_log_ci, pareto_k
+from .._logspace import ess, log_mean_upper_heavier_tail, logmeanexp, normal_log_ci, pareto_k
 from ..dists.base import Distribution
 from ..dists.empirical import NoisyEmpirical
 from ..errors import InvalidArgumentError
@@ -367,7 +367,8 @@ def _final_outcome(s: Tensor, log_w: Tensor, adapted: _Adapted, confidence: floa
     rel_se = math.sqrt(rel_var / n)
     k_hat, n_eff = pareto_k(terms), ess(terms)
     diagnostics.update({"ess": n_eff, "pareto_k": None if math.isnan(k_hat) else k_hat, "rel_se": rel_se})
-    ci = normal_log_ci(log_p, math.hypot(rel_se, misfit_allowance), confidence)
+    ci = _with_tail_allowance(normal_log_ci(log_p, math.hypot(rel_se, misfit_allowance), confidence),
+                              terms, confidence)
     if k_hat > 0.7 or n_eff < 30:
         # the weights' variance is not finite or not estimated: the missing mass can be any
         # size, so the upper end is refused (p <= 1) rather than printed
@@ -377,6 +378,20 @@ def _final_outcome(s: Tensor, log_w: Tensor, adapted: _Adapted, confidence: floa
                        assumes="nothing above the estimate: heavy-tailed weights")
     return Outcome(log_p, ci, diagnostics, tuple(warnings), trusted=adapted.reached,
                    assumes="the proposal covers every failure region (weights with a finite variance)")
+
+
+def _with_tail_allowance(ci: tuple[float, float], terms: Tensor, confidence: float) -> tuple[float, float]:
+    """The CI with its upper end raised, where needed, to allow a heavier weight tail than drawn.
+
+    A variance-based interval falls short on its upper side when the weights are
+    heavy-tailed (most runs have not yet drawn the weights that carry much of p); see
+    log_mean_upper_heavier_tail. With too few hits to bound the tail's shape the
+    variance-based end is kept (the Pareto k and ESS checks judge those runs).
+    """
+    upper = log_mean_upper_heavier_tail(terms, confidence)
+    if not math.isfinite(upper):
+        return ci
+    return ci[0], min(max(ci[1], upper), 0.0)
 
 
 def _zero_hit_outcome(s: Tensor, log_w: Tensor, diagnostics: dict, warnings: list[str],
