@@ -436,34 +436,49 @@ def harden_command(
     ),
     checkpoint_every: Annotated[int, typer.Option(help="Steps between checkpoints.")] = 50,
     resume: Annotated[bool, typer.Option(help="Continue from the checkpoint in OUT/checkpoint.")] = False,
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", "-c", help="Harden file (TOML): your model, data, spec, family and "
+                                            "settings, instead of a built-in --task."),
+    ] = None,
+    trust_module: Annotated[
+        list[str] | None,
+        typer.Option("--trust-module", metavar="MODULE",
+                     help="Let the harden file name any public function of MODULE as its model factory "
+                          "(repeatable). Only for code you would run yourself."),
+    ] = None,
 ) -> None:
-    """Train the task's model against its adversary; checkpoints, resumes, writes a report and weights."""
+    """Train a model against its adversary; checkpoints, resumes, writes a report and weights.
+
+    The model is a built-in task's (--task) or your own (--config run.toml).
+    """
     from .harden import harden
     from .harden.trainer import check_harden_arguments
-    from .io import save_weights
+    from .io import load_harden_run, save_weights
 
     console = Console()
     settings = {"steps": steps, "checkpoint_every": checkpoint_every, "eval_every": max(steps // 4, 1)}
     with _bad_input_exits():
-        build_task = _task_builder(task)
-        check_harden_arguments(seed, settings, out / "checkpoint", resume)
-        _check_folder(out, "--out")
-        chosen = build_task()
-        result = harden(
-            chosen.start_model,
-            train=chosen.train,
-            spec=chosen.spec,
-            family=chosen.family,
-            deployment=chosen.train_deployment,
-            test=chosen.test,
-            seed=seed,
-            checkpoint_dir=out / "checkpoint",
-            resume=resume,
-            progress=True,
-            **settings,
-        )
+        if config is not None:
+            run = load_harden_run(config, trust_modules=trust_module or ())
+            settings, seed = {**settings, **run.settings}, run.seed
+            check_harden_arguments(seed, settings, out / "checkpoint", resume)
+            _check_folder(out, "--out")
+            model, train, spec, family = run.model, run.train, run.spec, run.family
+            deployment, test, label = run.deployment, run.test, str(config)
+        else:
+            build_task = _task_builder(task)
+            check_harden_arguments(seed, settings, out / "checkpoint", resume)
+            _check_folder(out, "--out")
+            chosen = build_task()
+            model, train, spec, family = chosen.start_model, chosen.train, chosen.spec, chosen.family
+            deployment, test, label = chosen.train_deployment, chosen.test, task
+        result = harden(model, train=train, spec=spec, family=family, deployment=deployment, test=test,
+                        seed=seed, checkpoint_dir=out / "checkpoint", resume=resume, progress=True,
+                        **settings)
         paths = result.report.save(out)
-        save_weights(result.model, out / "model.safetensors", {"task": task, "steps": steps, "seed": seed})
+        save_weights(result.model, out / "model.safetensors",
+                     {"source": label, "steps": settings["steps"], "seed": seed})
     console.print(result.report.markdown())
     console.print(
         f"report: {', '.join(str(p) for p in paths.values())}; weights: {out / 'model.safetensors'}"

@@ -50,6 +50,7 @@ from .dists import Distribution, Gaussian, NoisyEmpirical
 from .errors import ConfigError, InvalidArgumentError, TailguardError, WeightsError, require_extra
 from .estimate import estimate
 from .estimators.base import available, build
+from .families import Family, GaussianShift, PatchFamily, PerturbationBall
 from .models import find_factory
 from .result import Estimate
 from .specs import ClassIs, OutputAbove, Spec
@@ -277,7 +278,65 @@ class CaseConfig(_Section):
     estimate: EstimateSection = Field(default_factory=EstimateSection)
 
 
-_TAGGED = ("distribution", "spec")
+class ExamplesSection(_Section):
+    """Labelled examples: "sklearn:digits" (optionally some ``classes``) or a .safetensors file
+    holding tensors ``inputs`` (N, *shape) and ``labels`` (N,)."""
+
+    points: str
+    inputs: str = "inputs"
+    labels: str = "labels"
+    classes: list[Annotated[int, Field(ge=0, le=9)]] | None = None
+
+
+class PatchFamilySection(_Section):
+    """Any k x k patch anywhere on the base images (the training inputs of ``base_classes``)."""
+
+    kind: Literal["patch"]
+    patch_size: Annotated[int, Field(ge=1)]
+    noise_std: Annotated[float, Field(gt=0, allow_inf_nan=False)]
+    base_classes: list[Annotated[int, Field(ge=0)]] | None = None
+
+
+class PerturbationFamilySection(_Section):
+    """One universal perturbation of the base images within an l_inf or l2 ball."""
+
+    kind: Literal["perturbation"]
+    epsilon: Annotated[float, Field(gt=0, allow_inf_nan=False)]
+    noise_std: Annotated[float, Field(gt=0, allow_inf_nan=False)]
+    norm: Literal["linf", "l2"] = "linf"
+    clamp: tuple[float, float] | None = None
+    base_classes: list[Annotated[int, Field(ge=0)]] | None = None
+
+
+class ShiftFamilySection(_Section):
+    """Gaussians within a KL ball of ``max_kl`` nats around the base Gaussian."""
+
+    kind: Literal["gaussian_shift"]
+    base: GaussianSection
+    max_kl: Annotated[float, Field(gt=0, allow_inf_nan=False)]
+
+
+class HardenSection(_Section):
+    """Seed and ``tailguard.harden`` settings (HardenSettings names)."""
+
+    seed: Annotated[int, Field(ge=0)] = 0
+    settings: dict[str, Any] = Field(default_factory=dict)
+
+
+FamilySection = PatchFamilySection | PerturbationFamilySection | ShiftFamilySection
+
+
+class HardenConfig(_Section):
+    model: ModelSection
+    train: ExamplesSection
+    test: ExamplesSection | None = None
+    spec: Annotated[ClassIsSection | OutputAboveSection, Field(discriminator="kind")]
+    family: Annotated[FamilySection, Field(discriminator="kind")]
+    deployment: Annotated[GaussianSection | NoisyEmpiricalSection, Field(discriminator="kind")] | None = None
+    harden: HardenSection = Field(default_factory=HardenSection)
+
+
+_TAGGED = ("distribution", "spec", "family", "deployment")
 
 
 def _key(loc: tuple[Any, ...]) -> str:
@@ -299,17 +358,22 @@ def _describe(exc: ValidationError) -> str:
     return "; ".join(msgs)
 
 
-def load_config(path: str | Path) -> CaseConfig:
-    """Parse and validate a case file; ConfigError naming the file and the key on any mistake."""
-    path = Path(path)
+def _read_toml(path: Path) -> dict[str, Any]:
+    """The parsed TOML file, or ConfigError naming the file."""
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
         raise ConfigError(f"config file {path} does not exist") from exc
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read config file ({exc})") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: malformed TOML: {exc}") from exc
+
+
+def load_config(path: str | Path) -> CaseConfig:
+    """Parse and validate a case file; ConfigError naming the file and the key on any mistake."""
+    path = Path(path)
+    raw = _read_toml(path)
     try:
         config = CaseConfig.model_validate(raw)
     except ValidationError as exc:
@@ -449,3 +513,86 @@ def load_case(path: str | Path, trust_modules: Sequence[str] = ()) -> Case:
     est = config.estimate
     options = EstimateOptions(est.method, est.budget, est.seed, est.confidence, dict(est.settings))
     return Case(model, dist, build_spec(config.spec), options, config, path)
+
+
+@dataclass(frozen=True)
+class HardenRun:
+    """What ``tailguard.harden`` needs, as built from a harden file (``tailguard harden --config``)."""
+
+    model: nn.Module
+    train: tuple[Tensor, Tensor]
+    test: tuple[Tensor, Tensor] | None
+    spec: Spec
+    family: Family
+    deployment: Distribution | None
+    seed: int
+    settings: dict[str, Any]
+
+
+def _examples(section: ExamplesSection, path: Path, key: str) -> tuple[Tensor, Tensor]:
+    """(inputs, labels) of a ``train`` or ``test`` table."""
+    if section.points == "sklearn:digits":
+        datasets: Any = require_extra("sklearn.datasets", "bench")
+        bunch = datasets.load_digits()
+        x, y = torch.tensor(bunch.images, dtype=torch.float32) / 16.0, torch.tensor(bunch.target)
+        if section.classes is not None:
+            keep = torch.isin(y, torch.tensor(section.classes))
+            x, y = x[keep], y[keep]
+        return x, y
+    if section.classes is not None:
+        raise ConfigError(f"{path}: {key}.classes: only valid with points = 'sklearn:digits'")
+    try:
+        tensors, _ = read_safetensors(path.parent / section.points)
+    except WeightsError as exc:
+        raise ConfigError(f"{path}: {key}.points: {exc}") from exc
+    for name in (section.inputs, section.labels):
+        if name not in tensors:
+            raise ConfigError(f"{path}: {key}: no tensor {name!r} in {section.points}")
+    return tensors[section.inputs], tensors[section.labels]
+
+
+def _base(train: tuple[Tensor, Tensor], classes: list[int] | None) -> Tensor:
+    x, y = train
+    return x if classes is None else x[torch.isin(y, torch.tensor(classes))]
+
+
+def build_family(section: FamilySection, train: tuple[Tensor, Tensor], path: Path) -> Family:
+    try:
+        if isinstance(section, PatchFamilySection):
+            return PatchFamily(_base(train, section.base_classes), section.patch_size, section.noise_std)
+        if isinstance(section, PerturbationFamilySection):
+            return PerturbationBall(_base(train, section.base_classes), section.epsilon, section.noise_std,
+                                    section.norm, section.clamp)
+        base = build_distribution(section.base, path)
+        assert isinstance(base, Gaussian)
+        return GaussianShift(base, section.max_kl)
+    except (TailguardError, ValueError, TypeError) as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(f"{path}: family: {exc}") from exc
+
+
+def load_harden_run(path: str | Path, trust_modules: Sequence[str] = ()) -> HardenRun:
+    """Read a harden file and build its model, data, spec, family and deployment distribution.
+
+    The settings are checked here (unknown names and bad values are ConfigErrors);
+    ``trust_modules`` as for ``load_case``.
+    """
+    from .harden.trainer import HardenSettings, reject_unknown_settings
+
+    path = Path(path)
+    try:
+        config = HardenConfig.model_validate(_read_toml(path))
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: {_describe(exc)}") from exc
+    try:
+        reject_unknown_settings(HardenSettings, config.harden.settings, "harden")
+        HardenSettings(**config.harden.settings)
+    except (TailguardError, TypeError) as exc:
+        raise ConfigError(f"{path}: harden.settings: {exc}") from exc
+    model = build_model(config.model, path, trust_modules)
+    train = _examples(config.train, path, "train")
+    test = None if config.test is None else _examples(config.test, path, "test")
+    deployment = None if config.deployment is None else build_distribution(config.deployment, path)
+    return HardenRun(model, train, test, build_spec(config.spec), build_family(config.family, train, path),
+                     deployment, config.harden.seed, dict(config.harden.settings))
