@@ -64,14 +64,15 @@ class JudgeSettings:
 
 
 def estimate_row(est: Estimate) -> dict[str, Any]:
-    """An estimate as report data."""
-    return {"log10_p": est.log10_p, "ci_log10": list(est.ci_log10), "method": est.method,
-            "n_model_calls": est.n_model_calls, "trusted": est.trusted, "warnings": list(est.warnings)}
+    """An estimate as report data (plain Python numbers, for JSON)."""
+    return {"log10_p": float(est.log10_p), "ci_log10": [float(c) for c in est.ci_log10], "method": est.method,
+            "n_model_calls": int(est.n_model_calls), "trusted": bool(est.trusted),
+            "warnings": list(est.warnings)}
 
 
 def overlap(a: tuple[float, float] | list[float], b: tuple[float, float] | list[float]) -> bool:
     """Whether two log10 intervals share a point."""
-    return a[0] <= b[1] and b[0] <= a[1]
+    return bool(a[0] <= b[1] and b[0] <= a[1])
 
 
 def _independent(splitting: Estimate, sampling: Estimate) -> dict[str, Any]:
