@@ -42,13 +42,13 @@ class NeuralCleanseSettings:
     as in the authors' code.
     """
 
-    epochs: int = 60
+    epochs: int = 30
     batch_size: int = 64
     lr: float = 0.1
-    init_cost: float = 1e-3
+    init_cost: float = 1e-2
     cost_multiplier: float = 1.5
     patience: int = 5
-    early_stop_patience: int = 25
+    early_stop_patience: int = 10
     success_threshold: float = 0.99
 
     def __post_init__(self) -> None:
