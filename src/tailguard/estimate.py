@@ -94,7 +94,7 @@ def estimate(
     if isinstance(dist, Conditioned):
         # P[C | R] is a ratio of two estimates on the base distribution, each made by this function
         return estimate_conditioned(estimate, model, dist, spec, method, budget, (generator, seed_value),
-                                    confidence, progress, {**settings, "backend": backend})
+                                    confidence, progress, backend, settings)
     if method == "auto" and settings:
         raise InvalidArgumentError("settings need an explicit method; with method='auto' give none")
     if method != "auto":
