@@ -143,8 +143,8 @@ def markdown(records: Sequence[dict[str, Any]]) -> str:
         "",
     ]
     for task in dict.fromkeys(r["task"] for r in records):
-        body += [f"## {task}", "", seeds_table(records, task), "", "Every run:", "", runs_table(records, task),
-                 ""]
+        body += [f"## {task}", "", seeds_table(records, task), "", "Every run:", "",
+                 runs_table(records, task), ""]
     return "\n".join(body)
 
 

@@ -189,7 +189,7 @@ def run_harden_benchmark(
     methods: list[str] | None = None,
     steps: int = 600,
     seeds: tuple[int, ...] = (0,),
-    judge_settings: JudgeSettings = JudgeSettings(),
+    judge_settings: JudgeSettings | None = None,
     weights_dir: Path | None = None,
     progress: Callable[[str], None] | None = None,
     on_record: Callable[[dict[str, Any]], None] | None = None,
@@ -204,6 +204,7 @@ def run_harden_benchmark(
     ``references=False`` skips "start" and "clean" (already judged by an earlier call).
     """
     say = progress or (lambda message: None)
+    settings = judge_settings or JudgeSettings()
     records: list[dict[str, Any]] = []
 
     def record(task: HardenTask, method: str, seed: int, model: nn.Module, seconds: float) -> None:
@@ -212,7 +213,7 @@ def run_harden_benchmark(
                                "train_set_size": task.train_set_size, "family": task.family.constraint()}
         if weights_dir is not None:
             row["weights"] = keep_weights(model, weights_dir, f"{task.name}-{method}-seed{seed}")
-        row.update(judge(model, task, judge_settings, seed))
+        row.update(judge(model, task, settings, seed))
         records.append(row)
         if on_record is not None:
             on_record(row)

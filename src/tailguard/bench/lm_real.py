@@ -18,7 +18,8 @@ step saw (so before and after are paired):
    ln E_q[pi] - beta KL(q || q_0): attack success after, checked also by sampling one
    reply per message, and E_D[pi] by importance sampling with the fine-tuned
    adversary as proposal (defensive share 0.2) with the weights' ESS;
-3. the policy (its own copy of the LM) is hardened (LoRA, ``lm.harden.harden_policy``)
+3. rounds of the game (``lm.harden.play_rounds``): the policy (its own copy of the LM)
+   is hardened (LoRA, ``lm.harden.harden_policy``)
    on messages from the fine-tuned adversary and from D, tied to the original by the
    KL of its first reply token on ordinary messages: every probability again
    (``lm.harden.policy_report``: adapters off against on, same messages), the same
@@ -47,7 +48,7 @@ import tailguard as tg
 from ..errors import InvalidArgumentError
 from ..lm import NextTokenIn, chat_policy, load_smollm2
 from ..lm.adversary import AdversarySettings, train_adversary
-from ..lm.harden import PolicySettings, harden_policy, mass_on, policy_report
+from ..lm.harden import PolicySettings, Round, mass_on, play_rounds, policy_report
 from ..lm.proposal import expected_forbidden_mass
 from ..lm.training import trainable
 
@@ -141,28 +142,25 @@ def run(out: Path, sizes: RealRunSizes = RealRunSizes(), cache_dir: str | Path |
     say(f"adversary trained ({time.perf_counter() - started:.0f} s)")
 
     first_adapters = _adapters(adversary.lm)
-    ordinary, pools = deployment.sample(sizes.pool, g), [adversary.sample(sizes.pool, g)]
     rounds: list[dict[str, Any]] = []
-    for r in range(1, sizes.rounds + 1):
-        row: dict[str, Any] = {"round": r}
-        if rounds:  # train also on what the re-trained adversary writes; measure what it did to those
-            pools.append(adversary.sample(sizes.pool, g))
-        hardened = harden_policy(policy, torch.cat(pools), ordinary, spec, sizes.policy,
-                                 seed=seed + r - 1, checkpoint_dir=out / "checkpoints" / f"policy-{r}",
-                                 progress=_steps(say, f"policy round {r}"))
-        row.update(attack_pool=sum(x.shape[0] for x in pools), policy_history=hardened.history,
-                   deployment_after=_row(mass_on(policy, messages["deployment D"], spec)))
+
+    def measure(game_round: Round) -> None:
+        """This round's policy on D, on the previous round's re-trained adversary and on this one's."""
+        x = adversary.sample(sizes.eval_attack, g)
+        row: dict[str, Any] = {"round": game_round.number, "attack_pool": game_round.attacks.shape[0],
+                               "policy_history": game_round.policy.history,
+                               "deployment_after": _row(mass_on(policy, messages["deployment D"], spec)),
+                               "readapt_history": game_round.adversary.history,
+                               "readapted": _row(mass_on(policy, x, spec)),
+                               "readapted_examples": [tokenizer.decode(m) for m in x[:4]], "x": x}
         if rounds:
             row["previous_attack_after"] = _row(mass_on(policy, rounds[-1]["x"], spec))
-        say(f"policy hardened, round {r} ({time.perf_counter() - started:.0f} s)")
-        # the adversary adapts: trained again, now against the hardened policy
-        again = train_adversary(adversary, policy, spec, sizes.adversary, seed=seed + r,
-                                checkpoint_dir=out / "checkpoints" / f"adversary-vs-hardened-{r}",
-                                progress=_steps(say, f"re-attack {r}"))
-        x = adversary.sample(sizes.eval_attack, g)
-        row.update(readapt_history=again.history, readapted=_row(mass_on(policy, x, spec)),
-                   readapted_examples=[tokenizer.decode(m) for m in x[:4]], x=x)
         rounds.append(row)
+        say(f"round {game_round.number} played ({time.perf_counter() - started:.0f} s)")
+
+    play_rounds(policy, adversary, deployment.sample(sizes.pool, g), spec, sizes.rounds, sizes.pool,
+                sizes.policy, sizes.adversary, seed=seed, checkpoint_dir=out / "checkpoints",
+                progress=_steps(say, "game"), after_round=measure)
     report = policy_report(policy, messages, spec, messages["deployment D"])
     # the first fine-tuned adversary again: the same proposal and seed, so the same draws as before
     _load_adapters(adversary.lm, first_adapters)

@@ -1,8 +1,17 @@
 """Language models: the real small LM, text models behind the model interface, text specs, LoRA training."""
 
-from .adversary import AdversaryResult, AdversarySettings, train_adversary
+from .adversary import AdversaryResult, AdversarySettings, LMAdversary, train_adversary
 from .forecast import forecast_log_p, forecast_worst_query_risk
-from .harden import HardenResult, PolicyReport, PolicySettings, harden_policy, policy_report
+from .harden import (
+    HardenResult,
+    LMPolicy,
+    PolicyReport,
+    PolicySettings,
+    Round,
+    harden_policy,
+    play_rounds,
+    policy_report,
+)
 from .hf import NextTokenLogits, ReplyLogProb, chat_policy, chat_template_parts
 from .prompts import chat_prompt
 from .smollm2 import load_smollm2
@@ -15,11 +24,14 @@ __all__ = [
     "CheckerFlags",
     "ContinuationMatches",
     "HardenResult",
+    "LMAdversary",
+    "LMPolicy",
     "JudgeAbove",
     "NextTokenIn",
     "NextTokenLogits",
     "PolicyReport",
     "PolicySettings",
+    "Round",
     "ReplyLogProb",
     "add_lora",
     "chat_policy",
@@ -30,6 +42,7 @@ __all__ = [
     "harden_policy",
     "lm_verdict",
     "load_smollm2",
+    "play_rounds",
     "policy_report",
     "train_adversary",
 ]

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ import torch
 from torch import Tensor
 
 from .._logspace import normal_log_ci, to_log10
+from ..dists.lm import LMDistribution
 from ..errors import InvalidArgumentError
 from ..harden.adversary import FixedAdversary
 from ..harden.checkpoint import FILE_NAME
@@ -42,7 +44,7 @@ from ..harden.policy import Batch
 from ..oracle import ScoreOracle
 from ..result import Estimate
 from ..specs import Spec
-from .adversary import catastrophe_mass
+from .adversary import AdversaryResult, AdversarySettings, catastrophe_mass, train_adversary
 from .hf import NextTokenLogits
 from .training import Progress, TrainingSettings, adapters_off, run_config, trainable, with_adapters
 
@@ -138,6 +140,56 @@ def harden_policy(policy: NextTokenLogits, attacks: Tensor, ordinary: Tensor, sp
     finally:
         policy.train(was_training)
     return HardenResult(policy, trace.steps, settings, seed)
+
+
+@dataclass(frozen=True)
+class Round:
+    """One round of the game: the policy hardened on every attack message so far (``policy``), then
+    the adversary trained again against it (``adversary``); ``attacks``: the pool the policy trained on."""
+
+    number: int
+    policy: HardenResult
+    adversary: AdversaryResult
+    attacks: Tensor
+
+
+def play_rounds(policy: NextTokenLogits, adversary: LMDistribution, ordinary: Tensor, spec: Spec, rounds: int,
+                pool: int, policy_settings: PolicySettings, adversary_settings: AdversarySettings,
+                seed: int = 0, checkpoint_dir: str | Path | None = None, progress: Progress | None = None,
+                after_round: Callable[[Round], None] | None = None) -> list[Round]:
+    """Rounds of the game between an LM policy and an LM adversary (with adapters, already trained).
+
+    Each round the adversary writes ``pool`` fresh messages, added to those of the
+    rounds before; the policy is hardened on all of them and on ``ordinary``
+    (``harden_policy``), and the adversary is trained again against the hardened
+    policy (``train_adversary``): it adapts, and the next round trains on what it
+    then writes. ``after_round(round)`` is called at the end of each round, while
+    the policy is still that round's (to measure it against the adapted adversary). Round r checkpoints under
+    ``checkpoint_dir/policy-r`` and ``checkpoint_dir/adversary-vs-hardened-r``.
+    """
+    if not isinstance(rounds, int) or isinstance(rounds, bool) or rounds < 1:
+        raise InvalidArgumentError(f"rounds must be a positive int, got {rounds!r}")
+    folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    generator = torch.Generator().manual_seed(seed)
+    pools: list[Tensor] = []
+    played: list[Round] = []
+    for r in range(1, rounds + 1):
+        with torch.no_grad():
+            pools.append(adversary.sample(pool, generator))
+        attacks = torch.cat(pools)
+        hardened = harden_policy(policy, attacks, ordinary, spec, policy_settings, seed=seed + r - 1,
+                                 checkpoint_dir=_inside(folder, f"policy-{r}"), progress=progress)
+        again = train_adversary(adversary, policy, spec, adversary_settings, seed=seed + r,
+                                checkpoint_dir=_inside(folder, f"adversary-vs-hardened-{r}"),
+                                progress=progress)
+        played.append(Round(r, hardened, again, attacks))
+        if after_round is not None:
+            after_round(played[-1])
+    return played
+
+
+def _inside(folder: Path | None, name: str) -> Path | None:
+    return None if folder is None else folder / name
 
 
 def first_token_kl(policy: NextTokenLogits, messages: Tensor, batch: int = 32) -> Tensor:
