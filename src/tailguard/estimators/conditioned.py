@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -285,10 +285,13 @@ def estimate_conditioned(run: Callable[..., Estimate], model: nn.Module, dist: C
     direct_budget = int(DIRECT_SHARE * budget) if dist.base.has_moves else 0
     if method != "auto" and budget - direct_budget < build(method, settings).min_budget():
         direct_budget = 0  # too small to share: the ratio alone
-    direct, restricted = None, Restricted(dist, budget // 2)
+    direct, restricted, refused = None, Restricted(dist, budget // 2), ()
     if direct_budget >= Splitting(n_steps=DIRECT_STEPS).min_budget():
-        direct = run(model, restricted, Within(spec, recognised), "splitting",
-                     direct_budget, seeds[2], confidence, progress, backend=backend, n_steps=DIRECT_STEPS)
+        try:
+            direct = run(model, restricted, Within(spec, recognised), "splitting",
+                         direct_budget, seeds[2], confidence, progress, backend=backend, n_steps=DIRECT_STEPS)
+        except UnsupportedError as exc:  # no chain start inside R: the ratio alone
+            refused = (f"direct route refused: {exc}",)
     routes = Routes(
         joint=run(model, dist.base, Both(spec, recognised), method, budget - direct_budget, seeds[0], level,
                   progress, backend=backend, **settings),
@@ -297,7 +300,8 @@ def estimate_conditioned(run: Callable[..., Estimate], model: nn.Module, dist: C
         direct=direct,
         starts=restricted.start_diagnostics,
     )
-    return _combine(routes, confidence, seed_value, method)
+    result = _combine(routes, confidence, seed_value, method)
+    return replace(result, warnings=(*result.warnings, *refused)) if refused else result
 
 
 def _ratio(joint: Estimate, rec: Estimate) -> tuple[float, float, float, list[str]]:
