@@ -104,9 +104,13 @@ def reverse_engineer(
 
 
 def anomaly_index(norms: Tensor) -> float:
-    """(median - min) / (1.4826 * MAD) of the per-class norms; 0 when they are all equal."""
-    med = norms.median()
-    mad = MAD_CONSISTENCY * (norms - med).abs().median()
+    """(median - min) / (1.4826 * MAD) of the per-class norms; 0 when they are all equal.
+
+    Medians of an even count are the mean of the two middle values (torch's
+    ``median`` would take the lower one and can make the MAD 0).
+    """
+    med = torch.quantile(norms, 0.5)
+    mad = MAD_CONSISTENCY * torch.quantile((norms - med).abs(), 0.5)
     gap = float(med - norms.min())
     if gap == 0:
         return 0.0
