@@ -1,7 +1,9 @@
-"""P[C | R] for Conditioned D on the exact-truth cases of tailguard.bench.conditioned.
+"""P[C | R] for Conditioned D: exact-truth cases, and hardening on the recognised-trigger task.
 
-Usage: python benchmarks/run_conditioned.py [budget] [seeds] [out_dir]
-Writes out_dir/estimates.jsonl and out_dir/estimates.md (default benchmarks/conditioned).
+Usage:
+    python benchmarks/run_conditioned.py [budget] [seeds] [out_dir]   # tailguard.bench.conditioned cases
+    python benchmarks/run_conditioned.py trigger [steps] [out_dir]    # tailguard.tasks.recognised_trigger
+Writes estimates.{jsonl,md} or trigger.{json,md} under out_dir (default benchmarks/conditioned).
 """
 
 from __future__ import annotations
@@ -12,15 +14,12 @@ from pathlib import Path
 
 import torch
 
-from tailguard.bench.conditioned import cases, run_case, summary_table
+from tailguard.bench.conditioned import cases, run_case, summary_table, trigger_study, trigger_table
+
+DEFAULT_OUT = Path(__file__).parent / "conditioned"
 
 
-def main() -> None:
-    torch.set_num_threads(1)
-    budget = int(sys.argv[1]) if len(sys.argv) > 1 else 300_000
-    seeds = int(sys.argv[2]) if len(sys.argv) > 2 else 10
-    out = Path(sys.argv[3]) if len(sys.argv) > 3 else Path(__file__).parent / "conditioned"
-    out.mkdir(parents=True, exist_ok=True)
+def run_cases(budget: int, seeds: int, out: Path) -> None:
     records = []
     with (out / "estimates.jsonl").open("w") as f:
         for case in cases():
@@ -37,6 +36,31 @@ def main() -> None:
         f"Command: `python benchmarks/run_conditioned.py {budget} {seeds}`\n\n{table}\n"
     )
     print(table)
+
+
+def run_trigger(steps: int, out: Path) -> None:
+    study = trigger_study(steps=steps)
+    (out / "trigger.json").write_text(json.dumps(study, indent=1))
+    table = trigger_table(study)
+    (out / "trigger.md").write_text(
+        "# Hardening against a recognised trigger (tailguard.tasks.recognised_trigger)\n\n"
+        f"Command: `python benchmarks/run_conditioned.py trigger {steps}`; settings {study['settings']}\n\n"
+        f"{table}\n"
+    )
+    print(table)
+
+
+def main() -> None:
+    torch.set_num_threads(1)
+    args = sys.argv[1:]
+    if args and args[0] == "trigger":
+        out = Path(args[2]) if len(args) > 2 else DEFAULT_OUT
+        out.mkdir(parents=True, exist_ok=True)
+        run_trigger(int(args[1]) if len(args) > 1 else 300, out)
+        return
+    out = Path(args[2]) if len(args) > 2 else DEFAULT_OUT
+    out.mkdir(parents=True, exist_ok=True)
+    run_cases(int(args[0]) if args else 300_000, int(args[1]) if len(args) > 1 else 10, out)
 
 
 if __name__ == "__main__":

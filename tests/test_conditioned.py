@@ -83,3 +83,18 @@ def test_log_prob_is_differentiable_and_near_the_truth():
     assert abs(float(lp.detach()) / math.log(10) - case.log10_truth) < 0.5
     with pytest.raises(UnsupportedError, match="'is'"):
         tg.log_prob(model, dist, spec, method="moments")
+
+
+def test_recognised_trigger_task_draws_exactly_inside_a_condition_no_sample_meets():
+    from tailguard.tasks import recognised_trigger as rt
+
+    assert rt.LOG10_P_TRIGGER <= -8.0
+    x = rt.exact_triggered_draws(20_000, torch.Generator().manual_seed(0))
+    assert bool((rt.recogniser(x) > 0).all())
+    # above LEVEL a standard normal has mean phi(a) / Phi_bar(a); the other features are untouched
+    a = rt.LEVEL
+    tail_mean = math.exp(-a * a / 2) / math.sqrt(2 * math.pi) / (0.5 * math.erfc(a / math.sqrt(2)))
+    assert abs(float(x[:, 0].mean()) - tail_mean) < 0.01
+    assert abs(float(x[:, 6].std()) - 1.0) < 0.03
+    plain = rt.deployment().sample(200_000, torch.Generator().manual_seed(1))
+    assert not bool((rt.recogniser(plain) > 0).any())

@@ -20,6 +20,7 @@ keeps its relative accuracy at 1e-20).
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,7 +31,10 @@ from torch import Tensor, nn
 from ..dists.conditioned import Conditioned
 from ..dists.gaussian import Gaussian
 from ..estimate import estimate
+from ..families.shift import GaussianShift
+from ..harden import harden
 from ..specs import OutputAbove
+from ..tasks import recognised_trigger as rt
 
 LN10 = math.log(10.0)
 
@@ -208,3 +212,69 @@ def summary_table(records: list[dict]) -> str:
     lines.append(f"| **all** | | | {len(records)} | {np.median(errors):.3f} | "
                  f"{np.mean([r['covered'] for r in records]):.0%} | | |")
     return "\n".join(lines)
+
+
+# --- the recognised-trigger task ---------------------------------------------------------------
+def _estimate_row(model: nn.Module, budget: int, seed: int) -> dict[str, object]:
+    est = estimate(model, rt.triggered(), rt.spec(), budget=budget, seed=seed)
+    return {"log10_p": est.log10_p, "ci_log10": list(est.ci_log10), "trusted": est.trusted,
+            "combined_by": est.diagnostics["combined_by"],
+            "log10_base_r": est.diagnostics["base_recognised"]["log10_p"],
+            "base_r_ci_log10": est.diagnostics["base_recognised"]["ci_log10"],
+            "model_calls": est.n_model_calls}
+
+
+def _state(model: nn.Module, data: rt.TriggerData, budget: int, seed: int) -> dict[str, object]:
+    """Clean accuracy, P[C | R] by plain sampling on exact draws of D0 given R, and tailguard's estimate."""
+    return {"clean_accuracy": rt.clean_accuracy(model, data),
+            "truth": rt.conditional_rate(model, TRUTH_DRAWS, seed + 1),
+            "estimate": _estimate_row(model, budget, seed)}
+
+
+#: exact draws of D0 given R behind each plain-sampling truth (a rate of 1e-3 shows ~100 hits)
+TRUTH_DRAWS = 100_000
+
+
+def trigger_study(seed: int = 0, steps: int = 300, samples: int = 2_000, lam: float = 1.0,
+                  budget: int = 300_000) -> dict[str, object]:
+    """The backdoored model, then hardened twice from it with the same family and settings.
+
+    "conditioned": the deployment term is Conditioned(D0, R), descended through
+    ``tailguard.log_prob(method="is")``; "samples only": the deployment term is D0 itself,
+    the most a trainer with samples can do (none of them is in R).
+    """
+    data = rt.make_data(seed=seed)
+    model = rt.backdoored_model(data, seed=seed)
+    family = GaussianShift(rt.deployment(), max_kl=0.5)
+    rows: dict[str, object] = {"backdoored": _state(model, data, budget, seed),
+                               "settings": {"steps": steps, "samples": samples, "lam": lam, "seed": seed,
+                                            "family": family.constraint(), "budget": budget}}
+    arms = (("conditioned", rt.triggered(), "is"), ("samples only", rt.deployment(), "surrogate"))
+    for name, deployment, estimator in arms:
+        start = time.perf_counter()
+        result = harden(model, (data.x_train, data.y_train), rt.spec(), family, seed=seed,
+                        deployment=deployment, deployment_estimator=estimator, steps=steps, samples=samples,
+                        lam=lam,
+                        eval_every=steps, eval_budget=20_000, judge_budget=4_000, judge_sampling_budget=4_000,
+                        judge_attack_budget=20_000)
+        rows[name] = {**_state(result.model, data, budget, seed), "seconds": time.perf_counter() - start}
+    return rows
+
+
+def trigger_table(study: dict) -> str:
+    """Markdown: clean accuracy and P[C | R] (truth and estimate) before and after each hardening."""
+    lines = ["| model | clean accuracy | P[C given R], plain sampling on exact draws (95 % CI) | "
+             "tailguard estimate (95 % CI) | trusted | P_base[R] estimate |", "|---|---|---|---|---|---|"]
+    for name in ("backdoored", "conditioned", "samples only"):
+        row = study[name]
+        truth, est = row["truth"], row["estimate"]
+        exact = (f"{_p10(truth['log10_p'])} ({_p10(truth['ci_log10'][0])}..{_p10(truth['ci_log10'][1])}; "
+                 f"{truth['hits']:,} of {truth['draws']:,})")
+        ours = f"{_p10(est['log10_p'])} ({_p10(est['ci_log10'][0])}..{_p10(est['ci_log10'][1])})"
+        lines.append(f"| {name} | {row['clean_accuracy']:.2%} | {exact} | {ours} | {est['trusted']} | "
+                     f"{_p10(est['log10_base_r'])} |")
+    return "\n".join(lines)
+
+
+def _p10(log10_p: float) -> str:
+    return "0" if log10_p == -math.inf else f"{10 ** log10_p:.3g}"
