@@ -82,7 +82,7 @@ def test_rare_event_estimates_match_enumeration(users, method):
     assert abs(est.log10_p - truth) < 0.1, est
     assert est.ci_log10[0] <= truth <= est.ci_log10[1]
     if method == "auto":
-        assert est.method.startswith("lm-is")
+        assert est.method == "lm-is"
 
 
 def test_splitting_runs_on_an_lm_written_d_with_its_suffix_move(users):
@@ -98,7 +98,10 @@ def test_no_catastrophe_keeps_plain_samplings_exact_bound(users):
     auto = tg.estimate(impossible, users, tg.ClassIs(1), method="auto", budget=2**13, seed=0)
     plain = tg.estimate(impossible, users, tg.ClassIs(1), method="mc", budget=2**13, seed=0)
     assert math.isinf(auto.log10_p) and math.isinf(plain.log10_p)
-    assert auto.ci_log10[1] <= plain.ci_log10[1] + 0.15  # not the 1 / defensive = 10x looser IS bound
+    # the search spends 36 % of the budget before it knows there is nothing: its plain draws of D,
+    # the pilot's and the rest's are pooled, 0.19 decades looser than plain sampling alone, not the
+    # 1 decade of the importance bound (1 / defensive)
+    assert auto.ci_log10[1] <= plain.ci_log10[1] + 0.25
     assert auto.n_model_calls <= 2**13
 
 

@@ -38,7 +38,7 @@ LM_BAND_LOG10 = (-9.0, -4.0)
 LM_BUDGET = 2**15
 LENGTH = 5
 VOCAB = 12
-METHODS = ("auto", "lm-is", "mc")
+METHODS = ("auto", "lm-is", "splitting", "mc")
 FORECAST = "forecast (Gumbel tail)"
 
 

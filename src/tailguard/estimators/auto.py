@@ -53,7 +53,7 @@ def choose_method(model: nn.Module, dist: Distribution, spec: Spec, budget: int)
     """The method ``auto`` reports for these inputs: "cross-check", a single method, or "mc"."""
     if isinstance(dist, LMDistribution):
         refused = LMImportanceSampling().unsupported_reason(model, dist, spec)
-        return "lm-is+splitting" if refused is None else "mc"
+        return "lm-is" if refused is None else "mc"
     if dist.is_discrete:
         return token_method(model, dist, spec, budget)[0]
     if _cross_checkable(model, dist, spec):

@@ -60,7 +60,7 @@ MIN_ELITE_HITS = 8
 #: weights of the score against log p_D when near misses are ranked
 SEARCH_LAMBDAS = (1.0, 4.0, 16.0)
 #: messages (found, and near misses under each lam) whose single-token changes follow each batch
-EXPAND_PER_BATCH = 2
+EXPAND_PER_BATCH = 4
 #: tokens tried per position in those changes (all when the vocabulary is no larger)
 CHANGE_TOKENS = 16
 
