@@ -4,14 +4,20 @@
 
 The model is the project's ``mlp`` factory at 64 -> 1024 -> 1024 -> 10 (ReLU,
 1,126,410 parameters, the size of benchmarks/overhead.md's) under N(0, I), with
-class 3 made rare by lowering its bias. Each method
-runs with the same seed in this process with one torch thread, then with
-``RayBackend(shards=k, threads_per_worker=1)`` for each k, so every
-configuration computes with one thread per worker and the comparison is fair.
-Throughput is model calls / the estimate's own seconds; starting the workers
-(once per k, seconds: each imports torch) is timed apart. The machine's load
-(``os.getloadavg``) is recorded before and after every configuration: on a
-shared machine other work takes cores from the workers and the figures show it.
+class 3 made rare by lowering its bias. Each method runs with the same seed in
+this process with one torch thread and on ``RayBackend(shards=k,
+threads_per_worker=1)`` for each k, so every configuration computes with one
+thread per worker and the comparison is fair. Throughput is model calls / the
+estimate's own seconds; starting the workers (once per k, seconds: each imports
+torch) is timed apart.
+
+The configurations take turns (round r runs every method on every
+configuration before round r + 1), and the speed-up is also given as the median
+of per-round ratios, so that a change in the machine's load (other work on a
+shared machine) falls on all of them alike. For that the local Ray is started
+with as many logical CPUs as all the workers together; only one configuration
+computes at a time, the others' workers wait idle. The 1-minute load average is
+recorded before and after every run.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ from torch import nn
 
 import tailguard as tg
 from tailguard.backends import LocalBackend, RayBackend
-from tailguard.backends.ray import connect
+from tailguard.errors import require_extra
 from tailguard.models import mlp
 from tailguard.report.log import git_revision, versions
 
@@ -51,24 +57,50 @@ def load() -> float:
     return os.getloadavg()[0]
 
 
-def measure(
-    model: nn.Module, backend: LocalBackend | RayBackend, label: str, repeats: int
-) -> list[dict[str, Any]]:
-    """Every method ``repeats`` times on this backend: calls per second, the estimate, the load."""
+def worker_cpu_seconds() -> dict[int, float]:
+    """CPU seconds (user + system) so far of every Ray ShardWorker process descended from this one."""
+    tick = os.sysconf("SC_CLK_TCK")
+    parent, cpu = {}, {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text, command = stat.read_text(), (stat.parent / "cmdline").read_bytes()
+        except OSError:
+            continue  # the process ended while we looked
+        fields = text[text.rindex(")") + 2 :].split()  # state, ppid, ..., utime (11), stime (12)
+        pid = int(stat.parent.name)
+        parent[pid] = int(fields[1])
+        if command.startswith(b"ray::ShardWorker"):
+            cpu[pid] = (int(fields[11]) + int(fields[12])) / tick
+
+    def ours(pid: int) -> bool:
+        while pid > 1:
+            pid = parent.get(pid, 0)
+            if pid == os.getpid():
+                return True
+        return False
+
+    return {pid: seconds for pid, seconds in cpu.items() if ours(pid)}
+
+
+def run_one(model: nn.Module, backend: LocalBackend | RayBackend, label: str, method: str,
+            budget: int, round_: int) -> dict[str, Any]:
+    """One estimate on this backend: calls per second, CPU seconds of this process and of each
+    worker, the result, and the load around it."""
+    before, driver, workers = load(), time.process_time(), worker_cpu_seconds()
     dist = tg.Gaussian(torch.zeros(64), std=1.0)
-    rows = []
-    for method in METHODS:
-        for repeat in range(repeats):
-            before = load()
-            est = tg.estimate(model, dist, SPEC, method=method, budget=BUDGET, seed=0, backend=backend)
-            rows.append({
-                "backend": label, "workers": getattr(backend, "shards", None), "method": method,
-                "repeat": repeat, "calls": est.n_model_calls, "seconds": est.seconds,
-                "calls_per_s": est.n_model_calls / est.seconds, "log10_p": est.log10_p,
-                "load_before": before, "load_after": load(),
-            })
-            print(json.dumps(rows[-1]), flush=True)
-    return rows
+    est = tg.estimate(model, dist, SPEC, method=method, budget=budget, seed=0, backend=backend)
+    driver = time.process_time() - driver
+    spent = [s - workers.get(pid, 0.0) for pid, s in worker_cpu_seconds().items()]
+    busy = max(spent, default=0.0) if label != "in process" else 0.0
+    row = {
+        "backend": label, "method": method, "round": round_, "calls": est.n_model_calls,
+        "seconds": est.seconds, "calls_per_s": est.n_model_calls / est.seconds,
+        "driver_cpu_s": driver, "worker_cpu_s": sorted(spent, reverse=True),
+        "calls_per_s_own_cores": est.n_model_calls / (driver + busy),
+        "log10_p": est.log10_p, "load_before": before, "load_after": load(),
+    }
+    print(json.dumps(row), flush=True)
+    return row
 
 
 def start_workers(model: nn.Module, backend: RayBackend) -> float:
@@ -83,42 +115,50 @@ def worker_label(k: int) -> str:
     return f"ray, {k} worker{'s' if k > 1 else ''}"
 
 
-def table(rows: list[dict[str, Any]], workers: list[int]) -> list[str]:
-    """Median calls per second per method and configuration, and each k workers' speed-up over one."""
+def table(rows: list[dict[str, Any]], workers: list[int], key: str) -> list[str]:
+    """Median ``key`` (calls per second) per method and configuration; each k workers' speed-up
+    over one, as the ratio of those medians and as the median of the ratios within a round."""
     labels = ["in process"] + [worker_label(k) for k in workers]
-    median = {
-        (label, m): statistics.median(
-            r["calls_per_s"] for r in rows if r["backend"] == label and r["method"] == m
-        )
-        for label in labels
-        for m in METHODS
-    }
+    rate = {(r["backend"], r["method"], r["round"]): r[key] for r in rows}
+    rounds = sorted({r["round"] for r in rows})
     more = [k for k in workers if k > 1]
-    head = " | ".join([f"{label} calls/s" for label in labels] + [f"{k} workers / 1" for k in more])
-    lines = [f"| method | {head} |", "|---|" + "---:|" * (len(labels) + len(more))]
+    head = [f"{label} calls/s" for label in labels]
+    head += [f"{k} workers / 1 (medians; per round)" for k in more]
+    lines = [f"| method | {' | '.join(head)} |", "|---|" + "---:|" * len(head)]
     for m in METHODS:
-        cells = [f"{median[(label, m)]:,.0f}" for label in labels]
-        one = median[(worker_label(1), m)]
-        cells += [f"{median[(worker_label(k), m)] / one:.2f}x" for k in more]
+        median = {label: statistics.median(rate[(label, m, r)] for r in rounds) for label in labels}
+        cells = [f"{median[label]:,.0f}" for label in labels]
+        for k in more:
+            paired = statistics.median(rate[(worker_label(k), m, r)] / rate[(worker_label(1), m, r)]
+                                       for r in rounds)
+            cells.append(f"{median[worker_label(k)] / median[worker_label(1)]:.2f}x; {paired:.2f}x")
         lines.append(f"| {m} | {' | '.join(cells)} |")
     return lines
 
 
-def main(out: Path, workers: list[int], repeats: int) -> None:
+def main(out: Path, workers: list[int], repeats: int, budget: int) -> None:
     torch.set_num_threads(1)
     model = rare_class_model()
-    ray = connect()
-    rows = measure(model, LocalBackend(), "in process", repeats)
+    ray = require_extra("ray", "ray")
+    # Ray starts its workers at nice 15; at 0 they compete for a busy machine as this process does
+    os.environ.setdefault("RAY_worker_niceness", "0")
+    ray.init(address="local", num_cpus=sum(workers), include_dashboard=False, logging_level="WARNING")
+    backends: dict[str, LocalBackend | RayBackend] = {"in process": LocalBackend()}
     starts = {}
     for k in workers:
         backend = RayBackend(shards=k, threads_per_worker=1)
         starts[k] = start_workers(model, backend)
-        rows += measure(model, backend, worker_label(k), repeats)
-        backend.close()  # its CPUs go to the next configuration's workers
+        backends[worker_label(k)] = backend
+    rows = [
+        run_one(model, backend, label, method, budget, round_)
+        for round_ in range(repeats)
+        for method in METHODS
+        for label, backend in backends.items()
+    ]
     same = {m: len({r["log10_p"] for r in rows if r["method"] == m}) == 1 for m in METHODS}
     header = {
         "model": "64-1024-1024-10 ReLU MLP", "parameters": sum(p.numel() for p in model.parameters()),
-        "budget": BUDGET, "seed": 0, "repeats": repeats, "threads_per_worker": 1,
+        "budget": budget, "seed": 0, "rounds": repeats, "threads_per_worker": 1,
         "cpus": os.cpu_count(), "ray_cpus": ray.cluster_resources().get("CPU"),
         "machine": platform.machine(),
         "worker_start_seconds": starts, "same_log10_p_everywhere": same,
@@ -129,11 +169,19 @@ def main(out: Path, workers: list[int], repeats: int) -> None:
     loads = [r["load_before"] for r in rows] + [r["load_after"] for r in rows]
     lines = [
         f"# Model calls per second against Ray workers ({header['parameters']:,}-parameter MLP, "
-        f"{BUDGET:,}-call budget, one torch thread per worker)",
+        f"{budget:,}-call budget, one torch thread per worker)",
         "",
-        *table(rows, workers),
+        "Measured (model calls / the estimate's wall-clock seconds):",
         "",
-        f"Median of {repeats} runs per cell, seed 0; {os.cpu_count()} CPUs; 1-minute load average "
+        *table(rows, workers, "calls_per_s"),
+        "",
+        "From CPU time (model calls / (CPU seconds of this process + of the busiest worker)): what the",
+        "run would take with a core for this process and for each worker and nothing else running;",
+        "Ray's own daemons and the transfers' waiting are not in it:",
+        "",
+        *table(rows, workers, "calls_per_s_own_cores"),
+        "",
+        f"Median of {repeats} rounds per cell, seed 0; {os.cpu_count()} CPUs; 1-minute load average "
         f"{min(loads):.1f} to {max(loads):.1f} during the runs (per run in throughput.json). "
         f"Starting the workers and sending the model took "
         + ", ".join(f"{s:.1f} s ({worker_label(k)})" for k, s in starts.items())
@@ -150,9 +198,10 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "ray")
     parser.add_argument("--workers", default="1,2", help="comma-separated worker counts, 1 among them")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3, help="rounds over every configuration")
+    parser.add_argument("--budget", type=int, default=BUDGET, help="model calls per estimate")
     args = parser.parse_args()
     counts = sorted({int(k) for k in args.workers.split(",")})
     if 1 not in counts:
         parser.error("--workers must include 1, the baseline of the speed-ups")
-    main(args.out, counts, args.repeats)
+    main(args.out, counts, args.repeats, args.budget)
