@@ -4,8 +4,10 @@
 
 Each TASK:METHODS:SEEDS names a task (``tailguard.bench.hardening.TASKS``), methods
 separated by commas (``harden``, ``standard``, ``finetune_adversary``, ``pgd``, ``lat``)
-and seeds (``0-4`` or ``0,2``). Default: every method on digits-mlp for seeds 0-4,
-``harden`` and ``standard`` on the other tasks for seeds 0-4. Every record is appended
+and seeds (``0-4`` or ``0,2``); an optional fourth part NAME=VALUE,... sets harden
+settings other than the defaults (e.g. ``adversary_floor=-6.9``), named in the records.
+Default: every method on digits-mlp for seeds 0-4, ``harden`` and ``standard`` on the
+other tasks for seeds 0-4. Every record is appended
 to OUT/records.jsonl as it lands (a later run with the same OUT adds to it), every
 judged model's weights go to OUT/weights/ with their SHA-256 in the record, and the
 report (OUT/harden.{json,md,png,html}) is rewritten from all the records after each run.
@@ -43,8 +45,10 @@ def main(out: Path, runs: list[str]) -> None:
     config = {"steps": STEPS, "judge": JUDGE.__dict__, "runs": runs}
     seen: set[str] = set()
     for run in runs:
-        task, methods, seeds = run.split(":")
-        first, _ = task not in seen, seen.add(task)
+        task, methods, seeds, *rest = run.split(":")
+        overrides = {k: float(v) for k, v in (kv.split("=") for kv in rest[0].split(","))} if rest else {}
+        # the references (start, clean) do not depend on harden's settings: judged once per task
+        first, _ = task not in seen and not overrides, seen.add(task)
         started = time.perf_counter()
 
         def keep(record: dict) -> None:
@@ -53,7 +57,7 @@ def main(out: Path, runs: list[str]) -> None:
 
         run_harden_benchmark(tasks=[task], methods=methods.split(","), steps=STEPS, seeds=seeds_of(seeds),
                              judge_settings=JUDGE, weights_dir=out / "weights", progress=print,
-                             on_record=keep, references=first)
+                             on_record=keep, references=first, harden_settings=overrides)
         print(f"{run}: {time.perf_counter() - started:.0f} s")
         records = [json.loads(line) for line in log.read_text().splitlines()]
         print(write_harden_report(records, out, config))

@@ -194,6 +194,7 @@ def run_harden_benchmark(
     progress: Callable[[str], None] | None = None,
     on_record: Callable[[dict[str, Any]], None] | None = None,
     references: bool = True,
+    harden_settings: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Train every method on every task for every seed and judge each model; one record per run.
 
@@ -201,7 +202,8 @@ def run_harden_benchmark(
     architecture trained without poison: what no method is expected to beat on
     attacks outside the threat model) are judged once per task. With
     ``weights_dir`` every judged model's weights are kept there with their hash;
-    ``references=False`` skips "start" and "clean" (already judged by an earlier call).
+    ``references=False`` skips "start" and "clean" (already judged by an earlier call);
+    ``harden_settings`` replace defaults of ``harden`` (the record's method then names them).
     """
     say = progress or (lambda message: None)
     settings = judge_settings or JudgeSettings()
@@ -220,6 +222,7 @@ def run_harden_benchmark(
 
     for task_name in tasks or list(TASKS):
         task = TASKS[task_name]()
+        task.harden_settings.update(harden_settings or {})
         if references:
             record(task, "start", 0, task.start_model, 0.0)
             if task.clean_model is not None:
@@ -233,5 +236,9 @@ def run_harden_benchmark(
                     records.append({"task": task_name, "method": method, "seed": seed, "status": "skipped",
                                     "reason": str(exc)})
                     continue
-                record(task, method, seed, model, seconds)
+                label = method
+                if method == "harden" and task.harden_settings:
+                    chosen = sorted(task.harden_settings.items())
+                    label += "[" + ", ".join(f"{k}={v}" for k, v in chosen) + "]"
+                record(task, label, seed, model, seconds)
     return records
