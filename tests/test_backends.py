@@ -43,6 +43,47 @@ def test_without_the_extra_the_error_names_it(monkeypatch: pytest.MonkeyPatch) -
         tg.estimate(mlp(), GAUSSIAN, FAR_CLASS, method="mc", budget=100, backend="ray")
 
 
+class FakeRay:
+    """Records how ``connect`` starts or joins Ray."""
+
+    def __init__(self, initialized: bool) -> None:
+        self.initialized, self.inits = initialized, []
+
+    def is_initialized(self) -> bool:
+        return self.initialized
+
+    def init(self, **kwargs) -> None:
+        self.inits.append(kwargs)
+
+    def shutdown(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    "initialized, address, inits, shut_down_at_exit",
+    [
+        (True, "ray://elsewhere:10001", [], False),  # ray.init(address=...) already called: theirs
+        (False, "10.0.0.1:6379", [{}], False),  # RAY_ADDRESS: ray.init() joins it, theirs
+        (False, None, [{"address": "local", "include_dashboard": False, "logging_level": "WARNING"}], True),
+    ],
+)
+def test_connect_joins_the_users_cluster_and_shuts_down_only_its_own(
+    monkeypatch: pytest.MonkeyPatch, initialized, address, inits, shut_down_at_exit
+) -> None:
+    from tailguard.backends import ray as ray_backend
+
+    fake, registered = FakeRay(initialized), []
+    monkeypatch.setattr(ray_backend, "_ray", lambda: fake)
+    monkeypatch.setattr(ray_backend.atexit, "register", registered.append)
+    if address is None:
+        monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    else:
+        monkeypatch.setenv("RAY_ADDRESS", address)
+    assert ray_backend.connect() is fake
+    assert fake.inits == inits
+    assert registered == ([fake.shutdown] if shut_down_at_exit else [])
+
+
 ray = pytest.importorskip("ray")
 
 
