@@ -447,15 +447,30 @@ def build_model(section: ModelSection, path: Path, trust_modules: Sequence[str] 
     return model
 
 
-def digits_points(classes: list[int] | None) -> Tensor:
-    """scikit-learn's digits as (N, 8, 8) float64 in [0, 1], optionally only some classes."""
+def digits_examples(classes: list[int] | None) -> tuple[Tensor, Tensor]:
+    """scikit-learn's digits: images (N, 8, 8) float64 in [0, 1] and labels (N,), optionally some classes."""
     datasets: Any = require_extra("sklearn.datasets", "bench")
     bunch = datasets.load_digits()
-    images = torch.tensor(bunch.images, dtype=torch.float64) / 16.0
+    images, labels = torch.tensor(bunch.images, dtype=torch.float64) / 16.0, torch.tensor(bunch.target)
     if classes is None:
-        return images
-    keep = torch.isin(torch.tensor(bunch.target), torch.tensor(classes))
-    return images[keep]
+        return images, labels
+    keep = torch.isin(labels, torch.tensor(classes))
+    return images[keep], labels[keep]
+
+
+def digits_points(classes: list[int] | None) -> Tensor:
+    """scikit-learn's digits as (N, 8, 8) float64 in [0, 1], optionally only some classes."""
+    return digits_examples(classes)[0]
+
+
+def _tensor_file(points: str, classes: list[int] | None, path: Path, key: str) -> dict[str, Tensor]:
+    """The tensors of the .safetensors file a table names (``classes`` belong to sklearn:digits only)."""
+    if classes is not None:
+        raise ConfigError(f"{path}: {key}.classes: only valid with points = 'sklearn:digits'")
+    try:
+        return read_safetensors(path.parent / points)[0]
+    except WeightsError as exc:
+        raise ConfigError(f"{path}: {key}.points: {exc}") from exc
 
 
 def _points(section: NoisyEmpiricalSection, path: Path) -> Tensor:
@@ -464,12 +479,7 @@ def _points(section: NoisyEmpiricalSection, path: Path) -> Tensor:
         if section.tensor is not None:
             raise ConfigError(f"{path}: distribution.tensor: only valid with a tensor file")
         return digits_points(section.classes)
-    if section.classes is not None:
-        raise ConfigError(f"{path}: distribution.classes: only valid with points = 'sklearn:digits'")
-    try:
-        tensors, _ = read_safetensors(path.parent / section.points)
-    except WeightsError as exc:
-        raise ConfigError(f"{path}: distribution.points: {exc}") from exc
+    tensors = _tensor_file(section.points, section.classes, path, "distribution")
     name = section.tensor
     if name is None and len(tensors) != 1:
         raise ConfigError(
@@ -532,19 +542,9 @@ class HardenRun:
 def _examples(section: ExamplesSection, path: Path, key: str) -> tuple[Tensor, Tensor]:
     """(inputs, labels) of a ``train`` or ``test`` table."""
     if section.points == "sklearn:digits":
-        datasets: Any = require_extra("sklearn.datasets", "bench")
-        bunch = datasets.load_digits()
-        x, y = torch.tensor(bunch.images, dtype=torch.float32) / 16.0, torch.tensor(bunch.target)
-        if section.classes is not None:
-            keep = torch.isin(y, torch.tensor(section.classes))
-            x, y = x[keep], y[keep]
-        return x, y
-    if section.classes is not None:
-        raise ConfigError(f"{path}: {key}.classes: only valid with points = 'sklearn:digits'")
-    try:
-        tensors, _ = read_safetensors(path.parent / section.points)
-    except WeightsError as exc:
-        raise ConfigError(f"{path}: {key}.points: {exc}") from exc
+        x, y = digits_examples(section.classes)
+        return x.float(), y
+    tensors = _tensor_file(section.points, section.classes, path, key)
     for name in (section.inputs, section.labels):
         if name not in tensors:
             raise ConfigError(f"{path}: {key}: no tensor {name!r} in {section.points}")
