@@ -2,11 +2,15 @@
 
 from .ball import PerturbationBall
 from .base import Family, Params, detach_params
+from .blend import BlendFamily
 from .flow import FlowDistribution, FlowFamily
 from .patch import PatchFamily, stamp
 from .shift import GaussianShift
+from .warp import WarpFamily
 
 __all__ = [
+    "BlendFamily",
+    "WarpFamily",
     "Family",
     "Params",
     "PatchFamily",
