@@ -30,6 +30,7 @@ from .families import Family, FlowFamily, GaussianShift, PatchFamily, Perturbati
 from .harden import HardenReport, HardenResult, harden
 from .models import register_model
 from .result import Estimate
+from .scan import ScanReport, TriggerSearch, scan
 from .specs import ClassIs, OutputAbove, Predicate, Spec
 
 __version__ = "0.1.0"
@@ -43,6 +44,8 @@ __all__ = [
     "HardenReport",
     "HardenResult",
     "PatchFamily",
+    "ScanReport",
+    "TriggerSearch",
     "TrainingDivergedError",
     "attack",
     "harden",
@@ -72,4 +75,5 @@ __all__ = [
     "estimate",
     "log_prob",
     "register_model",
+    "scan",
 ]

@@ -244,6 +244,7 @@ class Suite(StrEnum):
     lm = "lm"
     stress = "stress"
     reliability = "reliability"
+    scan = "scan"
 
 
 @app.command("bench")
@@ -251,8 +252,9 @@ def bench_command(
     suite: Annotated[
         Suite, typer.Argument(help="'estimate' (estimators on exact cases), 'stress' (cases built to break "
                                    "adaptive estimators), 'reliability' (otbenchmark's problems beside "
-                                   "OpenTURNS), 'harden', or 'lm' "
-                                   "(token estimators against enumeration; with --real, SmolLM2).")
+                                   "OpenTURNS), 'harden', 'lm' "
+                                   "(token estimators against enumeration; with --real, SmolLM2), or "
+                                   "'scan' (tg.scan, Neural Cleanse and ABS on the trojan zoo).")
     ] = Suite.estimate,
     quick: Annotated[
         bool,
@@ -280,6 +282,9 @@ def bench_command(
         return
     if suite in (Suite.stress, Suite.reliability):
         _bench_suite(suite.value, quick, out)
+        return
+    if suite is Suite.scan:
+        _bench_scan(quick, out)
         return
 
     with _bad_input_exits():
@@ -376,6 +381,20 @@ def _bench_lm(quick: bool, out: Path, real: bool) -> None:
     console.print(f"report: {', '.join(str(p) for p in paths.values())}")
 
 
+def _bench_scan(quick: bool, out: Path) -> None:
+    """tg.scan beside Neural Cleanse and ABS on the trojan zoo (quick: 5 models), into OUT/scan."""
+    from .bench.scan import run
+    from .bench.trojan_zoo import default_cache_dir
+
+    console = Console()
+    folder = out / "scan" / "quick" if quick else out / "scan"
+    zoo = default_cache_dir() / "quick" if quick else default_cache_dir()
+    with _bad_input_exits():
+        paths = run(folder, zoo, quick=quick, progress=lambda m: console.print(f"[dim]{escape(m)}[/dim]"))
+    console.print(paths["markdown"].read_text())
+    console.print(f"report: {', '.join(str(p) for p in paths.values())}")
+
+
 def _task_builder(name: str) -> Callable[[], Any]:
     """The built-in task's constructor, not yet called: building one trains its model."""
     from .bench.hardening import TASKS
@@ -391,6 +410,37 @@ def _check_folder(path: Path | None, option: str) -> None:
 
 
 TaskOption = Annotated[str, typer.Option(help="Built-in task: digits-mlp, digits-cnn or policy.")]
+
+
+@app.command("scan")
+def scan_command(
+    config: Annotated[Path, typer.Option("--config", "-c", help="Scan file (TOML): model and clean images.")],
+    budget: Annotated[int | None, typer.Option(help="Override scan.budget (model calls).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Override scan.seed.")] = None,
+    out: Annotated[Path, typer.Option(help="Folder for scan.json and scan.md.")] = Path("tailguard-scan"),
+    trust_module: Annotated[
+        list[str] | None,
+        typer.Option("--trust-module", metavar="MODULE",
+                     help="Let the scan file name any public function of MODULE as its model factory."),
+    ] = None,
+) -> None:
+    """Scan a model for a planted trigger: per class, the worst trigger any family holds, and one score."""
+    from .scan import scan
+    from .scan.config import load_scan_case
+    from .scan.report import write_scan_report
+
+    console = Console()
+    with _bad_input_exits():
+        _check_folder(out, "--out")
+        case = load_scan_case(config, trust_modules=trust_module or ())
+        used_budget = case.options.budget if budget is None else budget
+        used_seed = case.options.seed if seed is None else seed
+        report = scan(case.model, case.images, case.labels, budget=used_budget, seed=used_seed,
+                      **case.options.settings)
+        paths = write_scan_report(report, out, f"Scan: {config}", {
+            "scan file": str(config), "budget": used_budget, "seed": used_seed, **case.options.settings})
+    console.print(escape(report.summary()))
+    console.print(f"report: {', '.join(str(p) for p in paths.values())}")
 
 
 @app.command("attack")
