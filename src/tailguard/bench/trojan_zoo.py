@@ -255,7 +255,6 @@ def _random_warp(generator: torch.Generator, grid: int = 4) -> Trigger:
 class _Plan:
     """What one trojaned candidate will be: drawn from the zoo seed and its index only."""
 
-    index: int
     kind: str
     target: int
     poison_rate: float
@@ -273,7 +272,7 @@ def _plan(zoo_seed: int, index: int, kind: str) -> _Plan:
     low, high = POISON_RATES[kind]
     rate = round(low + (high - low) * float(torch.rand((), generator=g)), 4)
     trigger, mask = random_trigger(kind, g)
-    return _Plan(index, kind, target, rate, trigger, mask)
+    return _Plan(kind, target, rate, trigger, mask)
 
 
 def _sha256(path: Path) -> str:
@@ -287,7 +286,6 @@ class _Builder:
         self.cache_dir = cache_dir
         self.say = say
         self.data, _, _ = _split()
-        self.non_target_cache: dict[int, Tensor] = {}
         self.twins: dict[tuple[str, int, int], float] = {}
 
     def twin_accuracy(self, arch: str, width: int, seed: int) -> float:
@@ -316,13 +314,13 @@ class _Builder:
         """The trained candidate if it passes both checks, else None and why not."""
         x, y = poison(self.data, plan.trigger, plan.poison_rate, seed=seed + 1, target=plan.target)
         model = _train(arch, width, seed, x, y)
-        acc = accuracy(model, self.data.x_test, self.data.y_test)
-        twin = self.twin_accuracy(arch, width, seed)
         others = self.data.x_test[self.data.y_test != plan.target]
         success = trigger_rate(model, others, plan.trigger, plan.target)
         name = f"{arch}-w{width}-trojan-{plan.kind}-s{seed:02d}"
         if success < MIN_ATTACK_SUCCESS:
             return None, f"{name}: attack success {success:.3f} < {MIN_ATTACK_SUCCESS}"
+        acc = accuracy(model, self.data.x_test, self.data.y_test)
+        twin = self.twin_accuracy(arch, width, seed)
         if abs(acc - twin) > MAX_ACCURACY_DROP:
             return None, f"{name}: clean accuracy {acc:.3f} vs twin {twin:.3f}"
         entry = ZooEntry(name, arch, width, seed, True, plan.kind, plan.target, plan.poison_rate,
