@@ -374,3 +374,62 @@ def test_bench_harden_quick_writes_under_harden_quick(tmp_path, monkeypatch):
     result = runner.invoke(app, ["bench", "harden", "--quick", "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
     assert written == [tmp_path / "harden" / "quick"]
+
+
+def test_scan_command_writes_a_report(tmp_path):
+    """``tailguard scan --config examples/scan.toml`` with a smaller search in [scan.settings]."""
+    examples = Path(__file__).parents[1] / "examples"
+    text = (examples / "scan.toml").read_text()
+    text = text.replace('weights = "digits_mlp.safetensors"',
+                        f'weights = "{(examples / "digits_mlp.safetensors").as_posix()}"')
+    text = text.replace("budget = 360000", "budget = 120000").replace("count = 200", "count = 100")
+    text += 'settings = { candidates = 36, restarts = 2, steps = 10, final_fraction = 0.5 }\n'
+    config = tmp_path / "scan.toml"
+    config.write_text(text)
+    result = runner.invoke(app, ["scan", "--config", str(config), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    assert "score" in result.stdout and "class 0" in result.stdout
+    saved = json.loads((tmp_path / "out" / "scan.json").read_text())
+    assert saved["settings"]["budget"] == 120000 and len(saved["per_class"]) == 10
+    assert "| class | worst family |" in (tmp_path / "out" / "scan.md").read_text()
+
+
+@pytest.mark.parametrize(
+    ("edit", "named"),
+    [
+        (lambda t: t.replace("[images]", "[imagez]"), "imagez"),
+        (lambda t: t.replace("count = 200", "count = 100000"), "images.count"),
+        (lambda t: t + "settings = { restart = 2 }\n", "scan.settings"),
+        (lambda t: t.replace("tailguard.models:mlp", "os:system"), "model.factory"),
+    ],
+)
+def test_scan_command_refuses_a_bad_scan_file_with_one_line(tmp_path, edit, named):
+    examples = Path(__file__).parents[1] / "examples"
+    config = tmp_path / "scan.toml"
+    config.write_text(edit((examples / "scan.toml").read_text()))
+    result = runner.invoke(app, ["scan", "--config", str(config)])
+    assert result.exit_code == 2
+    assert named in result.output and "Traceback" not in result.output
+
+
+def test_bench_scan_quick_writes_under_scan_quick(tmp_path, monkeypatch):
+    """``tailguard bench scan`` (--quick), on two untrained models for the zoo and one fast detector."""
+    from torch import nn
+
+    from tailguard.bench import scan as bench_scan
+
+    from .test_bench_scan import _entry
+
+    entries = [_entry("c0", False), _entry("t0", True)]
+    monkeypatch.setattr(bench_scan, "build_zoo", lambda cache_dir, **kwargs: entries)
+    monkeypatch.setattr(bench_scan, "load_zoo_model", lambda entry, cache_dir: nn.Sequential(
+        nn.Flatten(), nn.Linear(64, 10)))
+    fast = {"candidates": 16, "restarts": 1, "steps": 2, "final_fraction": 0.5}
+    monkeypatch.setattr(bench_scan, "detectors", lambda budget: {
+        "tailguard": bench_scan.tailguard_detector(60_000, **fast)})
+    monkeypatch.setenv("TAILGUARD_ZOO_DIR", str(tmp_path / "zoo"))
+    result = runner.invoke(app, ["bench", "scan", "--quick", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    records = json.loads((tmp_path / "scan" / "quick" / "scan.json").read_text())["records"]
+    assert {(r["model"], r["detector"]) for r in records} == {("c0", "tailguard"), ("t0", "tailguard")}
+    assert (tmp_path / "scan" / "quick" / "scan.png").is_file()

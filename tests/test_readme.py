@@ -128,6 +128,10 @@ EXERCISED = {
     "bench harden": ("test_bench_harden_command", "--quick, methods harden and standard"),
     "bench lm": ("tests/test_lm_enum.py::test_quick_benchmark_from_the_command_line", "--quick"),
     "bench lm --real": ("test_bench_lm_real_command", "--quick, a tiny random Llama for SmolLM2"),
+    "scan --config examples/scan.toml": ("tests/test_cli.py::test_scan_command_writes_a_report",
+                                         "budget 120000, 100 images and a smaller search in scan.settings"),
+    "bench scan": ("tests/test_cli.py::test_bench_scan_quick_writes_under_scan_quick",
+                   "--quick, two untrained models for the zoo and tg.scan alone with a tiny search"),
 }
 
 

@@ -274,7 +274,8 @@ def plot(records: Sequence[dict[str, Any]], path: Path) -> Path:
         ax.set_title(f"{kind or 'all'} triggers")
         ax.set_xlabel("false positive rate")
         ax.set_ylabel("true positive rate")
-        ax.legend(loc="lower right", fontsize=7)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(loc="lower right", fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -290,6 +291,10 @@ def write_report(records: Sequence[dict[str, Any]], out_dir: Path, config: dict[
     paths["markdown"].write_text(markdown(summary, config))
     plot(records, paths["png"])
     return paths
+
+
+def _sha256_or_none(path: Path) -> str | None:
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
 
 
 def interleaved(entries: Sequence[ZooEntry]) -> list[ZooEntry]:
@@ -339,5 +344,5 @@ def run(
     everything = [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else records
     config = {"zoo_seed": zoo_seed, "n_clean": n_clean, "n_trojaned": n_trojaned, "n_images": n_images,
               "seed": seed, "scan_budget": scan_budget, "quick": quick,
-              "zoo_manifest_sha256": hashlib.sha256((cache_dir / "manifest.json").read_bytes()).hexdigest()}
+              "zoo_manifest_sha256": _sha256_or_none(cache_dir / "manifest.json")}
     return write_report(everything, out_dir, config)
