@@ -29,7 +29,6 @@ trigger of the paper is searched, not its feature-space filters.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -39,7 +38,7 @@ from torch import Tensor, nn
 
 from ...errors import InvalidArgumentError, UnsupportedError
 from ...oracle import eval_mode
-from .verdict import DetectorInputs, DetectorVerdict, MaskedTrigger, descend, flip_rate
+from .verdict import DetectorInputs, DetectorVerdict, MaskedTrigger, Stopwatch, descend, flip_rate
 
 
 @dataclass(frozen=True)
@@ -198,7 +197,7 @@ def abs_scan(
     trigger_mask: its reverse-engineered mask (H, W).
     """
     settings = settings or AbsSettings()
-    start = time.perf_counter()
+    clock = Stopwatch()
     inputs = DetectorInputs(model, images, labels)
     generator = torch.Generator().manual_seed(seed)
     chosen = torch.randperm(len(inputs.images), generator=generator)[: settings.seed_images]
@@ -213,7 +212,7 @@ def abs_scan(
         score=best_rate,
         target=best.label,
         trigger_mask=trigger.mask().detach(),
-        seconds=time.perf_counter() - start,
+        seconds=clock.wall(),
         details={
             "candidates": [
                 {"layer": c.layer, "neuron": c.neuron, "label": c.label,
@@ -221,6 +220,7 @@ def abs_scan(
                 for rate, c, _ in results
             ],
             "model_calls": inputs.n_calls,
+            "cpu_seconds": clock.cpu(),
             "settings": settings,
         },
     )

@@ -19,7 +19,6 @@ A class whose images never flip reports the whole image (H * W) as its norm.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import torch
@@ -27,7 +26,7 @@ from torch import Tensor, nn
 
 from ...errors import InvalidArgumentError
 from ...oracle import eval_mode
-from .verdict import DetectorInputs, DetectorVerdict, MaskedTrigger, descend
+from .verdict import DetectorInputs, DetectorVerdict, MaskedTrigger, Stopwatch, descend
 
 MAD_CONSISTENCY = 1.4826  # MAD of a normal sample times this estimates its std
 FLAG_ABOVE = 2.0
@@ -130,7 +129,7 @@ def neural_cleanse(
     target: that class; trigger_mask: its mask (H, W).
     """
     settings = settings or NeuralCleanseSettings()
-    start = time.perf_counter()
+    clock = Stopwatch()
     inputs = DetectorInputs(model, images, labels)
     generator = torch.Generator().manual_seed(seed)
     with eval_mode(model):
@@ -142,12 +141,13 @@ def neural_cleanse(
         score=score,
         target=target,
         trigger_mask=found[target].mask,
-        seconds=time.perf_counter() - start,
+        seconds=clock.wall(),
         details={
             "norms": norms.tolist(),
             "flip_rates": [f.flip_rate for f in found],
             "flagged": score > FLAG_ABOVE,
             "model_calls": inputs.n_calls,
+            "cpu_seconds": clock.cpu(),
             "settings": settings,
         },
     )

@@ -10,6 +10,7 @@ shape mistakes get tailguard's errors and model calls are counted.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import torch
@@ -30,6 +31,19 @@ class DetectorVerdict:
     trigger_mask: Tensor | None  # (H, W) recovered trigger area, values in [0, 1]
     seconds: float
     details: dict[str, object] = field(default_factory=dict)
+
+
+class Stopwatch:
+    """Wall and CPU seconds since it was made: on a shared machine the two differ a lot."""
+
+    def __init__(self) -> None:
+        self.wall_start, self.cpu_start = time.perf_counter(), time.process_time()
+
+    def wall(self) -> float:
+        return time.perf_counter() - self.wall_start
+
+    def cpu(self) -> float:
+        return time.process_time() - self.cpu_start
 
 
 def check_images(images: object) -> Tensor:
