@@ -4,8 +4,9 @@ Neural Cleanse and ABS both reverse-engineer a trigger of the same shape, a mask
 m (H, W) and a pattern p: x' = (1 - m) x + m p, with m and p kept in [0, 1]
 through (tanh + 1) / 2 as in Wang et al. (2019). ``MaskedTrigger`` is that one
 parametrisation; ``DetectorInputs`` checks the model and the clean images once
-and pushes every batch through the project's ScoreOracle, so NaN outputs and
-shape mistakes get tailguard's errors and model calls are counted.
+with the same checks as ``tg.scan`` and pushes every batch through the project's
+ScoreOracle, so NaN outputs and shape mistakes get tailguard's errors and model
+calls are counted.
 """
 
 from __future__ import annotations
@@ -16,9 +17,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from ...dists.empirical import NoisyEmpirical
-from ...errors import InvalidArgumentError, ModelOutputError, ShapeMismatchError
 from ...oracle import ScoreOracle, eval_mode
+from ...scan.inputs import check_images, check_labels, clean_outputs
 from ...specs import ClassIs
 
 
@@ -46,26 +46,6 @@ class Stopwatch:
         return time.process_time() - self.cpu_start
 
 
-def check_images(images: object) -> Tensor:
-    """Clean images (N, H, W) or (N, C, H, W), N >= 2, finite, in [0, 1], as float32."""
-    if not isinstance(images, Tensor):
-        raise InvalidArgumentError(f"images must be a torch.Tensor, got {type(images).__name__}")
-    if not images.is_floating_point():
-        raise InvalidArgumentError(f"images must be floating point, got {images.dtype}")
-    if images.dim() not in (3, 4) or images.shape[0] < 2:
-        raise ShapeMismatchError(
-            f"images must have shape (N, H, W) or (N, C, H, W) with N >= 2, got {tuple(images.shape)}"
-        )
-    x = images.detach().float().cpu()
-    if not torch.isfinite(x).all():
-        raise InvalidArgumentError("images contain NaN or inf")
-    if x.min() < 0 or x.max() > 1:
-        raise InvalidArgumentError(
-            f"images must have values in [0, 1], got [{float(x.min()):.3g}, {float(x.max()):.3g}]"
-        )
-    return x
-
-
 class DetectorInputs:
     """A model and its clean images, checked, with the labels each image counts as.
 
@@ -74,20 +54,12 @@ class DetectorInputs:
     """
 
     def __init__(self, model: nn.Module, images: object, labels: object = None):
-        if not isinstance(model, nn.Module):
-            raise InvalidArgumentError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         self.model = model
-        self.images = check_images(images)
-        self.oracle = ScoreOracle(model, NoisyEmpirical(self.images, 0.01), ClassIs(0))
-        with torch.no_grad(), eval_mode(model):
-            logits = self.logits(self.images)
-        if logits.dim() != 2 or logits.shape[1] < 3:
-            raise ModelOutputError(
-                "the model must return (N, classes) logits with at least 3 classes, "
-                f"got {tuple(logits.shape)}"
-            )
-        self.n_classes = int(logits.shape[1])
-        self.labels = logits.argmax(1) if labels is None else self._check_labels(labels)
+        clean = check_images(images)
+        logits, self.n_classes = clean_outputs(model, clean)
+        self.images = clean.float()
+        self.labels = logits.argmax(1) if labels is None else check_labels(labels, len(clean), self.n_classes)
+        self.oracle = ScoreOracle.for_model(model, ClassIs(0))
 
     def logits(self, x: Tensor) -> Tensor:
         """Model outputs (n, classes) for x (n, *image shape), with autograd left on."""
@@ -99,21 +71,8 @@ class DetectorInputs:
 
     @property
     def n_calls(self) -> int:
-        return self.oracle.n_calls
-
-    def _check_labels(self, labels: object) -> Tensor:
-        n = self.images.shape[0]
-        if not isinstance(labels, Tensor) or labels.is_floating_point() or labels.dtype == torch.bool:
-            raise InvalidArgumentError("labels must be an integer torch.Tensor or None")
-        if labels.shape != (n,):
-            raise ShapeMismatchError(
-                f"labels must have shape ({n},), one per image, got {tuple(labels.shape)}"
-            )
-        if labels.min() < 0 or labels.max() >= self.n_classes:
-            raise InvalidArgumentError(
-                f"labels must be in [0, {self.n_classes}) for a model with {self.n_classes} outputs"
-            )
-        return labels.long().cpu()
+        """Model calls of the search, the clean images' first pass included."""
+        return self.oracle.n_calls + len(self.images)
 
     def not_of(self, target: int) -> Tensor:
         """The clean images whose label is not ``target``: those a trigger for it must flip."""
