@@ -2,7 +2,6 @@
 
 import json
 
-import torch
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
@@ -13,6 +12,7 @@ from tailguard.io import load_harden_run
 from ._toy_backdoor import toy_task
 
 runner = CliRunner()
+TRUST = ["--trust-module", "tests._toy_backdoor"]
 
 SETTINGS = ("{ steps = 4, pool_size = 2, candidates = 9, samples = 32, eval_every = 2, eval_budget = 2000, "
             'eval_method = "mc", held_out = 1, batch_size = 32, checkpoint_every = 2, judge_budget = 2000, '
@@ -72,9 +72,9 @@ def test_harden_config_refuses_untrusted_factories_and_bad_settings_by_name(tmp_
     result = runner.invoke(app, ["harden", "--config", str(untrusted), "--out", str(tmp_path / "o")])
     assert result.exit_code == 2 and "model.factory" in result.output
     misspelt = write_run(tmp_path, settings="{ stepz = 3 }")
-    result = runner.invoke(app, ["harden", "--config", str(misspelt), "--trust-module", "tests._toy_backdoor"])
+    result = runner.invoke(app, ["harden", "--config", str(misspelt), *TRUST])
     assert result.exit_code == 2 and "harden.settings" in result.output and "stepz" in result.output
     bad_family = write_run(tmp_path, family='kind = "patch"\npatch_size = 0\nnoise_std = 0.05')
-    result = runner.invoke(app, ["harden", "--config", str(bad_family), "--trust-module", "tests._toy_backdoor"])
+    result = runner.invoke(app, ["harden", "--config", str(bad_family), *TRUST])
     assert result.exit_code == 2 and "family.patch_size" in result.output
     assert not (tmp_path / "o").exists()
