@@ -13,9 +13,16 @@ per draw gives both q(x) and p_D(x):
   catastrophes once there are enough) and moves theta by ``smoothing`` times the log
   ratio of the elites' token frequencies at each position to the tilt's own;
 * neighbourhoods of the most probable catastrophic messages found so far ("triggers"
-  x*): at each position keep x*_t with probability 1 - e, else draw from D's
-  conditional (e in NEIGHBOURHOOD_SPREADS), which reach messages that differ from
-  a trigger in a few tokens, the way ``tsis`` does for independent tokens.
+  x*), topped up with the best near misses: at each position keep x*_t with
+  probability 1 - e, else draw from D's conditional (e in NEIGHBOURHOOD_SPREADS),
+  which reach messages that differ from them in a few tokens, the way ``tsis`` does
+  for independent tokens.
+
+After each adaptation batch the single-token changes of a few found messages and of
+the best near misses (ranked by J_lam = log p_D + lam min(s, 0) for each lam in
+SEARCH_LAMBDAS) are scored, their p_D from one LM pass each: catastrophes of a
+next-token policy are conjunctions of a few particular tokens, which a product-form
+tilt learns slowly and the draws rarely write (docs/design/013-lm-estimation.md).
 
 Every distinct catastrophic message met on the way joins a found set S with its exact
 probability, and the estimate, with S and q frozen, is
@@ -44,7 +51,7 @@ from torch import Tensor, nn
 
 from .._logspace import binomial_log_ci
 from ..dists.base import Distribution
-from ..dists.lm import LMDistribution
+from ..dists.lm import LMDistribution, continuation_logits, vocab_size
 from ..errors import InvalidArgumentError
 from ..oracle import ScoreOracle
 from ..specs import Spec
@@ -116,20 +123,20 @@ class NearMisses:
     """
 
     size: int
-    log_d: dict[tuple[int, ...], tuple[float, float]] = field(default_factory=dict)
+    seen: dict[tuple[int, ...], tuple[float, float]] = field(default_factory=dict)  # (log p_D, score)
     expanded: set[tuple[int, ...]] = field(default_factory=set)
 
     def add(self, x: Tensor, log_d: Tensor, s: Tensor) -> None:
         miss = s <= 0
-        self.log_d.update(zip(map(tuple, x[miss].tolist()),
-                              zip(log_d[miss].tolist(), s[miss].tolist(), strict=True), strict=True))
-        if len(self.log_d) > self.size:
-            best = sorted(self.log_d.items(), key=lambda item: -_objective(item[1], SEARCH_LAMBDAS[1]))
-            self.log_d = dict(best[: self.size])
+        self.seen.update(zip(map(tuple, x[miss].tolist()),
+                             zip(log_d[miss].tolist(), s[miss].tolist(), strict=True), strict=True))
+        if len(self.seen) > self.size:
+            best = sorted(self.seen.items(), key=lambda item: -_objective(item[1], SEARCH_LAMBDAS[1]))
+            self.seen = dict(best[: self.size])
 
     def top(self, k: int, length: int, lam: float = SEARCH_LAMBDAS[1], fresh: bool = False) -> Tensor:
         """The k best under J_lam (m, length); ``fresh``: only those not expanded yet (then marked)."""
-        rows = [row for row, value in sorted(self.log_d.items(), key=lambda item: -_objective(item[1], lam))
+        rows = [row for row, _ in sorted(self.seen.items(), key=lambda item: -_objective(item[1], lam))
                 if not (fresh and row in self.expanded)][:k]
         if fresh:
             self.expanded.update(rows)
@@ -226,8 +233,6 @@ class SteeredMixture:
 
 def _vocab(dist: LMDistribution) -> int:
     """The LM's vocabulary size, from its config or one forward pass of the prompt."""
-    from ..dists.lm import continuation_logits, vocab_size
-
     size = vocab_size(dist.lm)
     if size is not None:
         return size
