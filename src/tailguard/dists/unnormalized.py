@@ -47,8 +47,12 @@ TARGET_ACCEPTANCE = 0.25
 class ChainStarted(Protocol):
     """A D with no exact sampler: MCMC chains start from its approximate draws instead."""
 
-    def chain_starts(self, n: int, generator: torch.Generator) -> Tensor:
-        """``n`` approximate draws (n, *event_shape) to start reversible chains from."""
+    def chain_starts(self, runs: int, n: int, generator: torch.Generator) -> Tensor:
+        """runs * n approximate draws (runs * n, *event_shape), run-major, to start reversible chains from.
+
+        The blocks of different runs come from independent sources, so that independent
+        runs of an estimator stay independent (their spread is its interval).
+        """
         ...
 
 
@@ -215,12 +219,16 @@ class Unnormalized(Distribution):
             accept = torch.log(u) < log_ratio
             return torch.where(accept.reshape(-1, *([1] * len(self.event_shape))), proposal, x.double())
 
-    def chain_starts(self, n: int, generator: torch.Generator) -> Tensor:
-        """Sampling-importance-resampling from Student-t draws, then BURN_IN moves that tune ``scale``."""
-        x, log_t = self._t_draws(max(POOL_PER_START * n, 10_000), generator)
-        log_w = self._batched(x) - log_t
-        pick = torch.multinomial(torch.softmax(log_w, 0), n, replacement=True, generator=generator)
-        starts = x[pick]
+    def chain_starts(self, runs: int, n: int, generator: torch.Generator) -> Tensor:
+        """Per run, sampling-importance-resampling from its own Student-t draws; then BURN_IN moves."""
+        blocks = []
+        for _ in range(runs):
+            x, log_t = self._t_draws(max(POOL_PER_START * n, 10_000), generator)
+            pick = torch.multinomial(torch.softmax(self._batched(x) - log_t, 0), n, replacement=True,
+                                     generator=generator)
+            blocks.append(x[pick])
+        starts = torch.cat(blocks)
+        n = starts.shape[0]
         full = torch.ones(n, dtype=torch.float64)
         for _ in range(BURN_IN):
             moved = self.propose(starts, full, generator)

@@ -195,9 +195,15 @@ class Restricted(Distribution):
             cov = torch.diag(z.var(0) + 1e-6) if z.shape[0] > 1 else torch.eye(d, dtype=torch.float64)
         self.tril = torch.linalg.cholesky(cov)
 
-    def chain_starts(self, n: int, generator: torch.Generator) -> Tensor:
+    def chain_starts(self, runs: int, n: int, generator: torch.Generator) -> Tensor:
+        """runs blocks of n starts; block r resamples the particles of one run of the P_base[R] splitting.
+
+        Each run of that splitting is independent of the others, so blocks drawn from
+        different ones keep the runs they start independent (splitting's interval is
+        their spread); with more blocks than runs, runs are reused in turn.
+        """
         oracle = ScoreOracle(RecogniserOnly(), self.base, Recognised(self.conditioned))
-        outcome, pool = Splitting().run_with_draws(oracle, self.start_budget, generator, 0.95)
+        outcome, pool, run_of = Splitting().run_with_draws(oracle, self.start_budget, generator, 0.95)
         self.start_diagnostics = {"pool": int(pool.shape[0]), "recogniser_calls": oracle.n_calls,
                                   "log10_p": outcome.log_p / LN10, "ci_log10": [v / LN10 for v in outcome.ci],
                                   "trusted": outcome.trusted and not outcome.heuristic}
@@ -206,7 +212,10 @@ class Restricted(Distribution):
                                    "raise budget or give the recogniser a graded score")
         if self.space is not None:
             self._fit_starts(pool)
-        x = pool[torch.randint(pool.shape[0], (n,), generator=generator)]
+        sources = [torch.nonzero(run_of == r).flatten() for r in torch.unique(run_of).tolist()]
+        x = torch.cat([pool[src[torch.randint(src.numel(), (n,), generator=generator)]]
+                       for src in (sources[b % len(sources)] for b in range(runs))])
+        n = x.shape[0]
         if self.space is None:
             x, _ = self._burn_in(x, False, generator)
             self.start_diagnostics["recogniser_calls"] += BURN_IN * n
@@ -285,7 +294,8 @@ def estimate_conditioned(run: Callable[..., Estimate], model: nn.Module, dist: C
     direct_budget = int(DIRECT_SHARE * budget) if dist.base.has_moves else 0
     if method != "auto" and budget - direct_budget < build(method, settings).min_budget():
         direct_budget = 0  # too small to share: the ratio alone
-    direct, restricted, refused = None, Restricted(dist, budget // 2), ()
+    direct, restricted = None, Restricted(dist, budget // 2)
+    refused: tuple[str, ...] = ()
     if direct_budget >= Splitting(n_steps=DIRECT_STEPS).min_budget():
         try:
             direct = run(model, restricted, Within(spec, recognised), "splitting",
@@ -422,7 +432,7 @@ def log_prob_conditioned(model: nn.Module, dist: Conditioned, spec: Spec, method
     restricted = Restricted(dist, max(budget, MIN_START_BUDGET))
     space = BaseSpace(dist.base)
     with torch.no_grad():
-        starts = space.to_z(restricted.chain_starts(PROPOSAL_FIT_DRAWS, generator))
+        starts = space.to_z(restricted.chain_starts(1, PROPOSAL_FIT_DRAWS, generator))
         d = starts.shape[1]
         jitter = 1e-6 * torch.eye(d, dtype=torch.float64)
         cov = PROPOSAL_WIDENING * (torch.cov(starts.T).reshape(d, d) + jitter)

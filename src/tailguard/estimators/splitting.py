@@ -136,11 +136,11 @@ class Splitting:
         return self.run_with_draws(oracle, budget, generator, confidence)[0]
 
     def run_with_draws(self, oracle: ScoreOracle, budget: int, generator: torch.Generator,
-                       confidence: float) -> tuple[Outcome, Tensor]:
-        """``run``, and the final particles inside the event (k, *event_shape): draws of D given it.
+                       confidence: float) -> tuple[Outcome, Tensor, Tensor]:
+        """``run``, the final particles inside the event (k, *event_shape) and the run of each (k,).
 
-        They are copies of a few survivors moved by the chains, so only approximately
-        independent; chains started from them (``Conditioned``) mix them further.
+        They are draws of D given the event: copies of a few survivors moved by the chains,
+        so only approximately independent within a run, independent between runs.
         """
         start = oracle.n_calls
         pilot_levels = None
@@ -152,14 +152,15 @@ class Splitting:
         swarm = self._simulate(oracle, self.n_repeats, n, left, generator)
         log_p, ci, warnings = _combine(swarm, confidence)
         diagnostics = self._diagnostics(swarm, pilot_levels, oracle.n_calls - start)
-        inside = swarm.x[(swarm.s.flatten() >= TARGET) & (swarm.status == DONE).repeat_interleave(n)]
+        keep = (swarm.s.flatten() >= TARGET) & (swarm.status == DONE).repeat_interleave(n)
+        inside, run_of = swarm.x[keep], torch.arange(self.n_repeats).repeat_interleave(n)[keep]
         if math.isinf(log_p):
             # the bound is the estimated probability of the highest level reached: it holds
             # only as far as the MCMC moves mixed, so it is a heuristic
             return Outcome(log_p, ci, diagnostics, warnings, heuristic=True, trusted=False,
-                           assumes="the MCMC moves mixed within every level set"), inside
+                           assumes="the MCMC moves mixed within every level set"), inside, run_of
         return Outcome(log_p, ci, diagnostics, warnings, assumes="the MCMC moves mixed within every "
-                       "level set (spread of independent runs)"), inside
+                       "level set (spread of independent runs)"), inside, run_of
 
     def _pilot_levels(self, oracle: ScoreOracle, budget: int, generator: torch.Generator) -> int:
         """Levels one small run needs (or reached before its budget of budget/5 ran out)."""
@@ -182,7 +183,7 @@ class Splitting:
                 f"budget {budget:,} cannot pay for {runs} runs of {n} particles; raise budget "
                 "or lower n_particles / n_repeats"
             )
-        x = _starts(oracle.dist, runs * n, generator)
+        x = _starts(oracle.dist, runs, n, generator)
         s = oracle.scores(x)
         spent = runs * n
         swarm = _Swarm(
@@ -283,9 +284,11 @@ class Splitting:
         }
 
 
-def _starts(dist: Distribution, n: int, generator: torch.Generator) -> Tensor:
-    """n draws of D to start the chains from: samples, or the chain starts of a D without a sampler."""
-    return dist.chain_starts(n, generator) if isinstance(dist, ChainStarted) else dist.sample(n, generator)
+def _starts(dist: Distribution, runs: int, n: int, generator: torch.Generator) -> Tensor:
+    """runs * n draws of D to start chains from (run-major): samples, or a sampler-free D's chain starts."""
+    if isinstance(dist, ChainStarted):
+        return dist.chain_starts(runs, n, generator)
+    return dist.sample(runs * n, generator)
 
 
 # --- combining the repeats --------------------------------------------------------------------
