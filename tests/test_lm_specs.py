@@ -119,3 +119,21 @@ def test_the_gumbel_tail_forecast_recovers_a_gumbel_tail():
         fit_tail(torch.tensor([0.5, 1.5]), top_k=2)
     with pytest.raises(tg.InvalidArgumentError):
         forecast_log_p(p, threshold=1.0)
+
+
+def test_sampled_replies_follow_the_policy_and_a_regex_checks_them():
+    from tailguard.lm import ContinuationMatches
+
+    lm = tiny_llama(VOCAB, seed=3)
+    policy = NextTokenLogits(lm, torch.tensor([1]), torch.tensor([2]))
+    x = torch.tensor([[4, 5]]).expand(4000, -1)
+    first = policy.sample(x, 1, torch.Generator().manual_seed(0))[:, 0]
+    with torch.no_grad():
+        probs = torch.softmax(policy(x[:1]).double(), -1)[0]
+    freq = torch.bincount(first, minlength=VOCAB).double() / 4000
+    assert float((freq - probs).abs().max()) < 4 * math.sqrt(0.25 / 4000)
+    g = torch.Generator().manual_seed(1)
+    spec = ContinuationMatches("^3", lambda m: policy.sample(m, 2, g),
+                               lambda ids: "".join(map(str, ids.tolist())))
+    hits = spec.score(x[:500], policy(x[:500])) > 0
+    assert abs(float(hits.double().mean()) - float(probs[3])) < 4 * math.sqrt(0.25 / 500)

@@ -98,6 +98,26 @@ class NextTokenLogits(nn.Module):
         ids = self._message(x)
         return decode(self.lm, self.prefix_ids.to(x.device), ids, n_tokens, lambda y: y.argmax(-1))
 
+    def sample(self, x: Tensor, n_tokens: int, generator: torch.Generator,
+               temperature: float = 1.0) -> Tensor:
+        """A sampled reply (n, n_tokens) after prefix + x + suffix, drawn with ``generator``.
+
+        ``ContinuationMatches(pattern, lambda x: policy.sample(x, k, g), decode)`` then
+        checks sampled replies rather than the greedy one: plain sampling of (message,
+        reply) pairs estimates the chance that a deployed, sampling policy matches.
+        """
+        if not isinstance(n_tokens, int) or n_tokens < 1:
+            raise InvalidArgumentError(f"n_tokens must be a positive int, got {n_tokens!r}")
+        if not (isinstance(temperature, int | float) and 0 < temperature < float("inf")):
+            raise InvalidArgumentError(f"temperature must be a finite number > 0, got {temperature!r}")
+        ids = self._message(x)
+
+        def draw(logits: Tensor) -> Tensor:
+            probs = torch.softmax(logits.double().cpu() / temperature, dim=-1)
+            return torch.multinomial(probs, 1, generator=generator)[:, 0].to(logits.device)
+
+        return decode(self.lm, self.prefix_ids.to(x.device), ids, n_tokens, draw)
+
 
 class ReplyLogProb(nn.Module):
     """Token ids (n, ctx) -> (n, 1): log of the probability that the policy's *sampled* reply starts

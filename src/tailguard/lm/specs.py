@@ -73,11 +73,12 @@ class NextTokenIn(Spec):
 
 
 class ContinuationMatches(Predicate):
-    """A greedy continuation of ``n_tokens`` tokens, decoded, matches the regex ``pattern``.
+    """A continuation of ``n_tokens`` tokens, decoded, matches the regex ``pattern``.
 
-    ``continue_ids(x) -> (n, n_tokens)`` writes the continuation (for example a policy's
-    greedy reply) and ``decode(ids) -> str`` turns one row into text. A black box: plain
-    sampling only.
+    ``continue_ids(x) -> (n, n_tokens)`` writes the continuation: a policy's greedy reply
+    (``NextTokenLogits.greedy``) or a sampled one (``NextTokenLogits.sample`` with a
+    generator), and ``decode(ids) -> str`` turns one row into text. A black box: plain
+    sampling only (over messages and, with sampled replies, replies too).
     """
 
     def __init__(self, pattern: str, continue_ids: Callable[[Tensor], Tensor],
