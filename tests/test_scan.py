@@ -239,3 +239,15 @@ def test_a_search_must_be_named_and_buildable():
         TriggerSearch("", lambda base: None)
     with pytest.raises(InvalidArgumentError, match="callable"):
         TriggerSearch("x", "not callable")
+
+
+def test_channel_images_are_scanned_with_the_families_that_fit_them():
+    """(N, C, H, W) images: no patch search (PatchFamily takes (N, H, W)), blend and universal only."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(16, 3))
+    images = torch.rand(30, 3, 4, 4, generator=torch.Generator().manual_seed(1))
+    rep = tg.scan(model, images, torch.arange(30) % 3, budget=40_000, seed=0,
+                  candidates=16, restarts=1, steps=4, base_size=10)
+    assert {c.search for c in rep.cells} == {"blend 0.2", "universal linf 0.1"}
+    assert sorted(rep.per_class) == [0, 1, 2]
+    assert rep.witness.samples.shape == (16, 3, 4, 4)
