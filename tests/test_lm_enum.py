@@ -45,6 +45,7 @@ def test_itakura_saito_punishes_underestimates_and_zeros():
     assert lm_enum.itakura_saito(-6.0, -6.0) == 0.0
     assert lm_enum.itakura_saito(-6.0, -7.0) > lm_enum.itakura_saito(-6.0, -5.0) > 0
     assert math.isinf(lm_enum.itakura_saito(-6.0, -math.inf))
+    assert math.isinf(lm_enum.itakura_saito(-6.0, -400.0))  # too far below to compute, not an error
 
 
 def test_gld_runs_on_tokens_and_flags_itself_heuristic():

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -151,6 +152,8 @@ def itakura_saito(true_log10: float, est_log10: float) -> float:
     if math.isinf(est_log10):
         return math.inf
     r = (true_log10 - est_log10) * math.log(10)
+    if r > math.log(sys.float_info.max):  # an underestimate by more than ~308 decades
+        return math.inf
     return math.exp(r) - r - 1.0
 
 
