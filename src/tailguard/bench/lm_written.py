@@ -143,7 +143,7 @@ def run_benchmark(out: Path, quick: bool = False, seeds: Iterable[int] = range(5
                     f"{rec['true_log10_p']:.2f}, estimate {rec['estimate_log10_p']:.2f}, "
                     f"calls {rec['model_calls']}, {rec['seconds']:.1f} s")
             records.append(forecast_record(case, target, seed=1000 * i + seed))
-        if progress is not None:  # every record so far, so that an interrupted run still reports
+        if progress is not None:  # this target's records, so that an interrupted run still reports
             say("records " + json.dumps(records[-(len(seeds) * (len(methods) + 1)):], default=str))
     summary = summarise(records)
     out.mkdir(parents=True, exist_ok=True)
