@@ -70,3 +70,13 @@ def test_splitting_needs_no_sampler_and_no_normaliser():
     assert est.ci_log10[0] <= -6.0 <= est.ci_log10[1]
     assert abs(est.log10_p + 6.0) < 0.4
     assert dist._normaliser is None  # splitting never asked for Z
+
+
+def test_a_normaliser_with_infinite_variance_leaves_no_interval():
+    def cauchy(x: torch.Tensor) -> torch.Tensor:  # tails heavier than the Student-t's
+        return -torch.log1p(x[:, 0] ** 2)
+
+    dist = Unnormalized(cauchy, (1,), normaliser_draws=20_000)
+    assert not dist.normaliser.trusted
+    est = tg.estimate(_first_coordinate(1), dist, tg.OutputAbove(0, 100.0), method="is", budget=5_000, seed=0)
+    assert est.ci_log10 == (-math.inf, 0.0)  # the normaliser's error is unbounded: no interval

@@ -58,7 +58,7 @@ class ChainStarted(Protocol):
 
 @dataclass(frozen=True)
 class Normaliser:
-    """ln Z_hat, its relative standard error, and whether its weights passed the Pareto-k check."""
+    """ln Z_hat, its relative standard error, and the Pareto k of its weights (Vehtari et al. 2015)."""
 
     log_z: float
     rel_se: float
@@ -67,7 +67,8 @@ class Normaliser:
 
     @property
     def trusted(self) -> bool:
-        return math.isfinite(self.pareto_k) and self.pareto_k <= 0.7
+        """Whether the weights' fitted tail has a finite variance (Pareto k <= 0.5): rel_se means something."""
+        return math.isfinite(self.pareto_k) and self.pareto_k <= 0.5
 
 
 class Unnormalized(Distribution):

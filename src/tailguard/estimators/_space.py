@@ -31,14 +31,18 @@ class BaseSpace:
 
     An unnormalised D takes the whitened coordinates of its Gaussian reference, and its
     log-density there uses the estimated normaliser, whose relative standard error
-    ``normaliser_rel_se`` an interval built on these coordinates must carry (0 otherwise).
+    ``normaliser_rel_se`` an interval built on these coordinates must carry (0 otherwise;
+    infinite when the normaliser's own weights are too heavy-tailed to trust, which
+    leaves no interval).
     """
 
     def __init__(self, dist: Distribution):
         if not supports(dist):
             raise TypeError(f"{type(dist).__name__} has no base coordinates")
         self.dist = dist
-        self.normaliser_rel_se = dist.normaliser.rel_se if isinstance(dist, Unnormalized) else 0.0
+        # a normaliser whose weights failed their Pareto-k check has no usable error: infinite
+        self.normaliser_rel_se = (0.0 if not isinstance(dist, Unnormalized)
+                                  else dist.normaliser.rel_se if dist.normaliser.trusted else math.inf)
         with torch.no_grad():
             if isinstance(dist, Gaussian | Unnormalized):
                 gaussian = dist if isinstance(dist, Gaussian) else dist.reference
