@@ -67,7 +67,7 @@ class Normaliser:
 
     @property
     def trusted(self) -> bool:
-        """Whether the weights' fitted tail has a finite variance (Pareto k <= 0.5): rel_se means something."""
+        """Whether the weights have a finite-variance tail (Pareto k <= 0.5), so rel_se means something."""
         return math.isfinite(self.pareto_k) and self.pareto_k <= 0.5
 
 
