@@ -18,6 +18,10 @@ shared machine) falls on all of them alike. For that the local Ray is started
 with as many logical CPUs as all the workers together; only one configuration
 computes at a time, the others' workers wait idle. The 1-minute load average is
 recorded before and after every run.
+
+A model that waits 0.1 ms per row instead of computing shows whether the
+workers run at the same time whatever the machine's load: 20,000 rows take
+2 s on one worker and should take 1 s on two.
 """
 
 from __future__ import annotations
@@ -103,6 +107,27 @@ def run_one(model: nn.Module, backend: LocalBackend | RayBackend, label: str, me
     return row
 
 
+class WaitingModel(nn.Module):
+    """Waits 0.1 ms per row (no CPU), then a linear map: its time on k workers measures concurrency alone."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(64, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        time.sleep(1e-4 * x.shape[0])
+        return self.linear(x)  # type: ignore[no-any-return]
+
+
+def waiting_seconds(backend: RayBackend, rows: int = 20_000) -> float:
+    """Wall seconds of one no-grad call on ``rows`` rows of the waiting model, workers already loaded."""
+    model = WaitingModel()
+    with backend.serving(model), torch.no_grad():
+        start = time.perf_counter()
+        model(torch.zeros(rows, 64))
+        return time.perf_counter() - start
+
+
 def start_workers(model: nn.Module, backend: RayBackend) -> float:
     """Seconds to start the workers and send them the model (once per backend, not in the figures)."""
     start = time.perf_counter()
@@ -149,6 +174,7 @@ def main(out: Path, workers: list[int], repeats: int, budget: int) -> None:
         backend = RayBackend(shards=k, threads_per_worker=1)
         starts[k] = start_workers(model, backend)
         backends[worker_label(k)] = backend
+    waiting = {k: waiting_seconds(backends[worker_label(k)]) for k in workers}  # type: ignore[arg-type]
     rows = [
         run_one(model, backend, label, method, budget, round_)
         for round_ in range(repeats)
@@ -161,7 +187,7 @@ def main(out: Path, workers: list[int], repeats: int, budget: int) -> None:
         "budget": budget, "seed": 0, "rounds": repeats, "threads_per_worker": 1,
         "cpus": os.cpu_count(), "ray_cpus": ray.cluster_resources().get("CPU"),
         "machine": platform.machine(),
-        "worker_start_seconds": starts, "same_log10_p_everywhere": same,
+        "worker_start_seconds": starts, "waiting_model_seconds": waiting, "same_log10_p_everywhere": same,
         "versions": versions(), "git": git_revision(), "rows": rows,
     }
     out.mkdir(parents=True, exist_ok=True)
@@ -187,6 +213,9 @@ def main(out: Path, workers: list[int], repeats: int, budget: int) -> None:
         + ", ".join(f"{s:.1f} s ({worker_label(k)})" for k, s in starts.items())
         + ", once, outside the figures. The estimate is the same in every configuration: "
         + ", ".join(f"{m} {'yes' if ok else 'NO'}" for m, ok in same.items()) + ".",
+        "",
+        "Concurrency alone (a model that waits 0.1 ms per row, no CPU; one call on 20,000 rows): "
+        + ", ".join(f"{s:.2f} s on {worker_label(k)[5:]}" for k, s in waiting.items()) + ".",
         "",
         "Rerun: `OMP_NUM_THREADS=1 .venv/bin/python benchmarks/run_ray_throughput.py`",
     ]
