@@ -106,3 +106,11 @@ def test_normal_log_ci_contains_estimate_and_widens_with_error():
     wide = ls.normal_log_ci(-20.0, 0.5, 0.95)
     assert narrow[0] < -20.0 < narrow[1]
     assert wide[0] < narrow[0] and wide[1] > narrow[1]
+
+
+def test_pareto_tail_fits_weights_spanning_more_than_a_float64_range():
+    # log weights 300 nats apart overflow exp(); the fit must still say "heavy", not raise
+    g = torch.Generator().manual_seed(6)
+    log_w = torch.randn(800, generator=g, dtype=torch.float64) * 300
+    assert ls.pareto_k(log_w) > 0.7
+    assert ls.log_mean_upper_heavier_tail(log_w, 0.95) == math.inf

@@ -51,11 +51,12 @@ def ess(log_w: torch.Tensor) -> float:
 class ParetoTail:
     """A generalised Pareto fitted to the ``m`` largest weights above the next one (as in PSIS).
 
-    shape: k; scale: sigma, in units of the threshold weight exp(log_threshold).
+    shape: k; log_scale: ln sigma, with sigma in units of the threshold weight exp(log_threshold)
+    (kept as a log: weights can span more than a float64's range above the threshold).
     """
 
     shape: float
-    scale: float
+    log_scale: float
     log_threshold: float
     m: int
 
@@ -65,7 +66,8 @@ def pareto_tail(log_w: torch.Tensor) -> ParetoTail | None:
 
     The tail is the m = min(n / 5, 3 sqrt n) largest weights (Vehtari et al. 2015,
     "Pareto smoothed importance sampling"); the weights' common scale cancels in the
-    shape, so the fit is to exp(log w - threshold) - 1.
+    shape, so the fit is to the excesses over the threshold in units of the largest weight
+    (in [0, 1], so no overflow), and the scale is taken back to threshold units in log space.
     """
     w = log_w.double()
     w = w[torch.isfinite(w)]
@@ -75,11 +77,12 @@ def pareto_tail(log_w: torch.Tensor) -> ParetoTail | None:
     m = int(min(0.2 * n, 3 * math.sqrt(n)))
     tail, _ = torch.sort(w, descending=True)
     threshold = tail[m]
-    excess = torch.expm1(tail[:m] - threshold).numpy()
+    span = float(tail[0] - threshold)
+    excess = (torch.exp(tail[:m] - tail[0]) - math.exp(-span)).numpy()
     if np.all(excess <= 0):
         return None
     shape, _, scale = stats.genpareto.fit(excess, floc=0.0)
-    return ParetoTail(float(shape), float(scale), float(threshold), m)
+    return ParetoTail(float(shape), math.log(max(scale, 1e-300)) + span, float(threshold), m)
 
 
 def pareto_k(log_w: torch.Tensor) -> float:
@@ -114,7 +117,8 @@ def log_mean_upper_heavier_tail(log_w: torch.Tensor, confidence: float) -> float
         return math.inf
     finite, _ = torch.sort(log_w[torch.isfinite(log_w)].double(), descending=True)
     log_bulk = float(torch.logsumexp(finite[tail.m:], 0))
-    log_tail = tail.log_threshold + math.log(tail.m * (1 + max(tail.scale, 0.0) / (1 - k_up)))
+    log_excess_mean = tail.log_scale - math.log(1 - k_up)
+    log_tail = tail.log_threshold + math.log(tail.m) + float(np.logaddexp(0.0, log_excess_mean))
     return float(np.logaddexp(log_bulk, log_tail)) - math.log(n_draws)
 
 
