@@ -161,8 +161,10 @@ def test_harden_bench_page(tmp_path):
     def judged(verdict):
         return {"training": WIDE, "splitting": WIDE, "sampling": ZERO_HITS, "verdict": verdict, "agree": True}
 
-    attacks = [{"family": "training family", "in_threat_model": True, "log10_p": -4.0, "ci_log10": [-4.1, -3.9]},
-               {"family": "4x4 patches", "in_threat_model": False, "log10_p": -0.5, "ci_log10": [-0.6, -0.4]}]
+    attacks = [
+        {"family": "training family", "in_threat_model": True, "log10_p": -4.0, "ci_log10": [-4.1, -3.9]},
+        {"family": "4x4 patches", "in_threat_model": False, "log10_p": -0.5, "ci_log10": [-0.6, -0.4]},
+    ]
     rows = [{"task": "policy", "method": m, "seed": seed, "seconds": 1.0, "train_set_size": 10, "family": "f",
              "test_accuracy": 0.9, "judged": {"deployment": judged(ZERO_HITS), "planted": judged(WIDE)},
              "attacks": attacks, "disagreements": []} for m in ("harden", "standard") for seed in (0, 1)]
