@@ -136,11 +136,9 @@ def _run_local(tasks: list[tuple[str, Case, int, int]], progress: Progress | Non
 
 def _run_ray(tasks: list[tuple[str, Case, int, int]], progress: Progress | None) -> list[Record]:
     """One Ray task per run; each case is put in the object store once. Keeps task order."""
-    from ..errors import require_extra
+    from ..backends.ray import connect
 
-    ray: Any = require_extra("ray", "ray")
-    if not ray.is_initialized():
-        ray.init()
+    ray: Any = connect()
     remote = ray.remote(run_one)
     refs = {id(c): ray.put(c) for _, c, _, _ in tasks}
     pending = [remote.remote(m, refs[id(c)], b, s) for m, c, b, s in tasks]
