@@ -114,6 +114,11 @@ def test_hardening_lowers_the_forbidden_mass_with_a_bounded_kl_and_reports_it():
         low, high = e.ci_log10
         assert low < e.log10_p < high <= 0.0
     assert report.to_dict()["after"]["attacks"]["messages"] == 64
+    shown = str(report).splitlines()
+    assert len(shown) == 4  # a header, one line per message set, the KL
+    assert shown[1].startswith("attacks") and f"{report.after['attacks'].log10_p:.2f}" in shown[1]
+    assert f"{report.lowered_by('held out'):.3g}x" in shown[2]
+    assert "64 held-out ordinary messages" in shown[3]
 
 
 class Killed(Exception):

@@ -244,6 +244,21 @@ class PolicyReport:
         """How many times lower the mass on message set ``name`` is after hardening."""
         return float(10.0 ** (self.before[name].log10_p - self.after[name].log10_p))
 
+    def __str__(self) -> str:
+        """A table to read: one line per message set (before, after, factor), then the KL it cost."""
+        width = max(len(name) for name in self.before)
+        lines = [f"{'message set':<{width}}  log10 mass before -> after  (lowered by)"]
+        for name, before in self.before.items():
+            after = self.after[name]
+            factor = self.lowered_by(name)
+            shown = f"{factor:.3g}x" if math.isfinite(factor) else "all of it"
+            counts = f"{before.diagnostics['messages']} messages, {before.diagnostics['distinct']} distinct"
+            change = f"{before.log10_p:8.2f} -> {after.log10_p:8.2f}"
+            lines.append(f"{name:<{width}}  {change}  ({shown}; {counts})")
+        lines.append(f"first-token KL on {self.kl_messages} held-out ordinary messages: "
+                     f"mean {self.kl_mean:.3g} nats, max {self.kl_max:.3g}")
+        return "\n".join(lines)
+
     def to_dict(self) -> dict[str, Any]:
         def row(e: Estimate) -> dict[str, Any]:
             return {"messages": e.diagnostics["messages"], "distinct": e.diagnostics["distinct"],
