@@ -9,7 +9,12 @@ import tailguard as tg
 from tailguard._logspace import binomial_log_ci
 from tailguard.estimators._trigger_search import FoundSet
 from tailguard.estimators.base import build
-from tailguard.estimators.tsis import ProductMixture, TriggerSeededIS, _draws_outside, _outcome
+from tailguard.estimators.tsis import (
+    ProductMixture,
+    TriggerSeededIS,
+    _draws_outside,
+    found_plus_sampled_outcome,
+)
 
 from .test_tokens import RARE, BlackBox, TokenMLP, all_inputs, case, exact_log10, peaked_probs
 
@@ -122,14 +127,16 @@ def test_the_upper_end_is_proven_unless_many_tame_hits_support_a_normal_interval
     few = torch.full((n,), -math.inf, dtype=torch.float64)
     few[:3] = math.log(1e-7)
     seen_once = torch.zeros(n, dtype=torch.bool)
-    out = _outcome(math.log(1e-6), few, seen_once, math.log(1e-6), log_max_weight, 0.95, {})
+    out = found_plus_sampled_outcome(math.log(1e-6), few, seen_once, math.log(1e-6), log_max_weight,
+                                     0.95, {})
     _, log_hit_high = binomial_log_ci(3, n, 0.95)
     assert out.diagnostics["upper_end"] == "proven" and out.diagnostics["ess"] == pytest.approx(3.0)
     assert out.ci == (pytest.approx(math.log(1e-6) + math.log1p(-1e-9)),
                       pytest.approx(math.log(1e-6 + 10.0 * math.exp(log_hit_high))))
     many = torch.full((n,), -math.inf, dtype=torch.float64)
     many[:500] = math.log(1e-7)
-    out = _outcome(math.log(1e-6), many, seen_once, math.log(1e-6), log_max_weight, 0.95, {})
+    out = found_plus_sampled_outcome(math.log(1e-6), many, seen_once, math.log(1e-6), log_max_weight,
+                                     0.95, {})
     assert out.diagnostics["upper_end"] == "normal"
     total = 1e-6 + 500 * 1e-7 / n
     assert out.log_p == pytest.approx(math.log(total)) and out.ci[1] < math.log(1.1 * total)

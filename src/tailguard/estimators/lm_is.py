@@ -56,7 +56,7 @@ from ..errors import InvalidArgumentError
 from ..oracle import ScoreOracle
 from ..specs import Spec
 from .base import Outcome, register
-from .tsis import _outcome, _seen_once
+from .tsis import found_plus_sampled_outcome, seen_once_hits
 
 #: chance that a neighbourhood component redraws each token of its trigger from D
 NEIGHBOURHOOD_SPREADS = (0.15, 0.4)
@@ -412,7 +412,7 @@ class LMImportanceSampling:
         outside = hit & ~known
         log_terms = torch.where(outside, draws.log_w, torch.full_like(draws.log_w, -math.inf))
         found_mass = found.log_mass()
-        seen_once = _seen_once(draws.x, outside)
+        seen_once = seen_once_hits(draws.x, outside)
         found.add(draws.x, draws.log_d, hit)
         plain = draws.component == 0
         plain_draws = adapted.plain_draws + int(plain.sum())
@@ -423,8 +423,8 @@ class LMImportanceSampling:
             "proposal_components": mixture.n_components, "draws_in_found_set": int(known.sum()),
             "plain_draws": plain_draws, "plain_hits": plain_hits,
         }
-        outcome = _outcome(found_mass, log_terms, seen_once, found.log_mass(), -math.log(self.defensive),
-                           confidence, diagnostics)
+        outcome = found_plus_sampled_outcome(found_mass, log_terms, seen_once, found.log_mass(),
+                                             -math.log(self.defensive), confidence, diagnostics)
         if math.isinf(outcome.log_p) and plain_draws:
             plain_high = binomial_log_ci(0, plain_draws, confidence)[1]
             outcome = Outcome(outcome.log_p, (-math.inf, min(outcome.ci[1], plain_high)), outcome.diagnostics,

@@ -175,15 +175,15 @@ class TriggerSeededIS:
         s = oracle.scores(x)
         log_terms = torch.where(s > 0, log_p.gather(1, x.T).sum(0) - log_q, -math.inf)
         found_mass = found.log_mass()
-        seen_once = _seen_once(x, s > 0)
+        seen_once = seen_once_hits(x, s > 0)
         found.add(x, s)
         diagnostics = {"search_calls": search_calls, "found_triggers": len(found), "draws": n,
                        "log10_found_mass": found_mass / math.log(10),
                        "proposal_components": mixture.weights.numel(), "guide": guide.path}
         if free_because is not None:
             diagnostics["gradient_free_because"] = free_because
-        return _outcome(found_mass, log_terms, seen_once, found.log_mass(), math.log(1.0 / self.defensive),
-                        confidence, diagnostics)
+        return found_plus_sampled_outcome(found_mass, log_terms, seen_once, found.log_mass(),
+                                          math.log(1.0 / self.defensive), confidence, diagnostics)
 
     def _guide(self, model: nn.Module, dist: IndependentTokens) -> tuple[Guide, str | None]:
         """The gradient guide where a gradient is given and wanted, else the gradient-free one, and why."""
@@ -262,7 +262,7 @@ def _neighbourhood(log_p: Tensor, triggers: Tensor, spread: float) -> list[Tenso
     return list(torch.log(probs).unbind(0))
 
 
-def _seen_once(x: Tensor, hit: Tensor) -> Tensor:
+def seen_once_hits(x: Tensor, hit: Tensor) -> Tensor:
     """Bool (n,): hits (rows of x (n, ctx) where ``hit``) whose context occurs exactly once among them."""
     rows = [tuple(r) for r in x[hit].tolist()]
     counts = Counter(rows)
@@ -271,8 +271,9 @@ def _seen_once(x: Tensor, hit: Tensor) -> Tensor:
     return once
 
 
-def _outcome(found_log_mass: float, log_terms: Tensor, seen_once: Tensor, final_log_mass: float,
-             log_max_weight: float, confidence: float, diagnostics: dict[str, Any]) -> Outcome:
+def found_plus_sampled_outcome(found_log_mass: float, log_terms: Tensor, seen_once: Tensor,
+                               final_log_mass: float, log_max_weight: float, confidence: float,
+                               diagnostics: dict[str, Any]) -> Outcome:
     """p(S) + mean of the i.i.d. terms; the CI never below the found mass, its upper end normal or proven.
 
     The normal upper end only knows the triggers the draws reached, so it also gets the
