@@ -80,3 +80,5 @@ def test_a_normaliser_with_infinite_variance_leaves_no_interval():
     assert not dist.normaliser.trusted
     est = tg.estimate(_first_coordinate(1), dist, tg.OutputAbove(0, 100.0), method="is", budget=5_000, seed=0)
     assert est.ci_log10 == (-math.inf, 0.0)  # the normaliser's error is unbounded: no interval
+    assert not est.trusted and any("normaliser" in w for w in est.warnings)
+    assert "normaliser" in str(est)

@@ -251,6 +251,10 @@ class ImportanceSampling:
         # an unnormalised D's estimated normaliser scales every weight: its error adds in quadrature
         allowance = math.hypot(self.misfit_allowance, space.normaliser_rel_se)
         outcome = _final_outcome(s, log_w, adapted, confidence, self.rho, allowance)
+        if math.isinf(space.normaliser_rel_se):
+            outcome = replace(outcome, trusted=False, warnings=(
+                *outcome.warnings, "the normaliser of this unnormalised D was estimated from weights with an "
+                "infinite-variance tail (Pareto k > 0.5), so its error, and this interval, are unbounded"))
         if found is not None:
             outcome = replace(outcome, diagnostics={**outcome.diagnostics, **found.diagnostics()})
         if isinstance(space.dist, NoisyEmpirical):
