@@ -358,14 +358,14 @@ def _describe(exc: ValidationError) -> str:
     return "; ".join(msgs)
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
-    """The parsed TOML file, or ConfigError naming the file."""
+def read_toml(path: Path, what: str = "config file") -> dict[str, Any]:
+    """The parsed TOML file, or ConfigError naming the file (``what`` says which kind it is)."""
     try:
         return tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
-        raise ConfigError(f"config file {path} does not exist") from exc
+        raise ConfigError(f"{what} {path} does not exist") from exc
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read config file ({exc})") from exc
+        raise ConfigError(f"{path}: cannot read {what} ({exc})") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: malformed TOML: {exc}") from exc
 
@@ -373,7 +373,7 @@ def _read_toml(path: Path) -> dict[str, Any]:
 def load_config(path: str | Path) -> CaseConfig:
     """Parse and validate a case file; ConfigError naming the file and the key on any mistake."""
     path = Path(path)
-    raw = _read_toml(path)
+    raw = read_toml(path)
     try:
         config = CaseConfig.model_validate(raw)
     except ValidationError as exc:
@@ -582,7 +582,7 @@ def load_harden_run(path: str | Path, trust_modules: Sequence[str] = ()) -> Hard
 
     path = Path(path)
     try:
-        config = HardenConfig.model_validate(_read_toml(path))
+        config = HardenConfig.model_validate(read_toml(path))
     except ValidationError as exc:
         raise ConfigError(f"{path}: {_describe(exc)}") from exc
     try:

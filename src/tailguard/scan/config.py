@@ -22,7 +22,6 @@ explicitly trusted factories, weights through safetensors.
 
 from __future__ import annotations
 
-import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import Tensor, nn
 
 from ..errors import ConfigError, TailguardError, WeightsError
-from ..io import ModelSection, build_model, read_safetensors
+from ..io import ModelSection, build_model, read_safetensors, read_toml
 from ..tasks.digits import load_digits_data
 from .run import ScanSettings
 
@@ -102,14 +101,7 @@ def _images(section: ImagesSection, path: Path) -> tuple[Tensor, Tensor | None]:
 def load_scan_case(path: str | Path, trust_modules: Sequence[str] = ()) -> ScanCase:
     """Read and check a scan file, then build its model and load its images; ConfigError on any mistake."""
     path = Path(path)
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise ConfigError(f"scan file {path} does not exist") from exc
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read scan file ({exc})") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: malformed TOML: {exc}") from exc
+    raw = read_toml(path, "scan file")
     try:
         config = ScanConfig.model_validate(raw)
     except ValidationError as exc:
