@@ -38,6 +38,12 @@ Cost: one model call is one row through the policy, one LM call one message writ
 or scored by D's LM; the budget counts both (``counts_lm_calls``). Draws from D's own
 component are plain draws of D, and their exact binomial interval is kept: with no
 catastrophe anywhere the upper end is the smaller of the two bounds.
+
+A spec that states each message's exact chance of a catastrophe pi(x) (``log_chance``,
+e.g. ``SampledTokenIn``: the policy's sampled reply) is estimated as E_q[w pi]: the
+reply is importance-sampled too, steered into the catastrophe, and its weight is pi(x)
+exactly (Rao-Blackwell). No message is then certainly catastrophic, so there is no found
+set; the search climbs log pi, and the interval is ``mean_chance_outcome``'s.
 """
 
 from __future__ import annotations
@@ -49,14 +55,15 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from .._logspace import binomial_log_ci
+from .._logspace import binomial_log_ci, ess, normal_log_ci, pareto_k
 from ..dists.base import Distribution
 from ..dists.lm import LMDistribution, continuation_logits, vocab_size
 from ..errors import InvalidArgumentError
 from ..oracle import ScoreOracle
 from ..specs import Spec
 from .base import Outcome, register
-from .tsis import found_plus_sampled_outcome, seen_once_hits
+from .itgis import PARETO_K_LIMIT
+from .tsis import MIN_HIT_ESS, found_plus_sampled_outcome, seen_once_hits
 
 #: chance that a neighbourhood component redraws each token of its trigger from D
 NEIGHBOURHOOD_SPREADS = (0.15, 0.4)
@@ -76,6 +83,49 @@ def spent_calls(oracle: ScoreOracle) -> int:
     """Policy calls plus LM calls made so far through this oracle and its LM-written D."""
     dist = oracle.dist
     return oracle.n_calls + (dist.lm_calls if isinstance(dist, LMDistribution) else 0)
+
+
+def has_chance(spec: Spec) -> bool:
+    """Whether ``spec`` states each input's exact chance of a catastrophe (``log_chance(x, y)``)."""
+    return callable(getattr(spec, "log_chance", None))
+
+
+def log_chances(oracle: ScoreOracle, x: Tensor) -> Tensor:
+    """log pi(x) (n,), float64: each message's exact chance of a catastrophe, for a spec that states it."""
+    spec, model = oracle.spec, oracle.model
+    return oracle.features(x, lambda rows: spec.log_chance(rows, model(rows)))  # type: ignore[attr-defined]
+
+
+def mean_chance_outcome(log_terms: Tensor, log_max_term: float, confidence: float,
+                        diagnostics: dict[str, Any]) -> Outcome:
+    """The mean of i.i.d. terms t = w(x) pi(x) in [0, e^log_max_term] (given as log t (n,)), and its CI.
+
+    Normal (delta method on log P) when the terms are tame: effective number at least
+    MIN_HIT_ESS and Pareto k at most PARETO_K_LIMIT. Otherwise the empirical Bernstein
+    bounds of Maurer & Pontil (2009, Theorem 4), which hold for any terms in [0, W]
+    whatever their tail, at (1 - confidence) / 2 on each side.
+    """
+    n = log_terms.numel()
+    terms = torch.exp(log_terms)
+    mean = float(terms.mean())
+    k_hat = pareto_k(log_terms) if mean > 0 else math.nan
+    effective = ess(log_terms) if mean > 0 else 0.0
+    rel_se = float(terms.std()) / math.sqrt(n) / mean if mean > 0 else math.inf
+    diagnostics = {**diagnostics, "terms": n, "ess": effective, "rel_se": rel_se,
+                   "pareto_k": None if math.isnan(k_hat) else k_hat}
+    if mean > 0 and effective >= MIN_HIT_ESS and k_hat <= PARETO_K_LIMIT:
+        return Outcome(math.log(mean), normal_log_ci(math.log(mean), rel_se, confidence),
+                       {**diagnostics, "interval": "normal"},
+                       assumes="a normal interval for the mean of the exact chances (weighted)")
+    width = math.exp(log_max_term)
+    log_term = math.log(4.0 / (1.0 - confidence))  # ln(2 / delta), delta = (1 - confidence) / 2
+    variance = float((terms / width).var()) if n > 1 else 0.25
+    slack = width * (math.sqrt(2.0 * variance * log_term / n) + 7.0 * log_term / (3.0 * max(n - 1, 1)))
+    low = math.log(mean - slack) if mean > slack else -math.inf
+    high = math.log(min(mean + slack, 1.0))
+    return Outcome(math.log(mean) if mean > 0 else -math.inf, (low, high),
+                   {**diagnostics, "interval": "empirical Bernstein"},
+                   assumes=f"nothing: every term lies in [0, {width:.3g}] (empirical Bernstein bounds)")
 
 
 def policy_budget(estimator: object, dist: Distribution, budget: int) -> int:
@@ -185,6 +235,8 @@ class SteeredMixture:
 
     def __init__(self, theta: Tensor | None, triggers: Tensor, defensive: float):
         self.theta = theta
+        #: a tilt of zero is D itself, so its draws are plain draws of D too
+        self.flat_tilt = theta is None or not bool(theta.any())
         self.triggers = triggers
         m = triggers.shape[0]
         neighbourhood = (1.0 - defensive - TILT_SHARE) if m else 0.0
@@ -198,6 +250,10 @@ class SteeredMixture:
     @property
     def n_components(self) -> int:
         return self.log_weights.numel()
+
+    def from_d(self, component: Tensor) -> Tensor:
+        """Bool (n,): the draws whose component is D itself (D's share, and a tilt still at zero)."""
+        return (component == 0) | ((component == 1) & self.flat_tilt)
 
     def _component_log_q(self, t: int, log_d: Tensor) -> Tensor:
         """log q_k(v | prefix) for every component and token: (b, K, vocab)."""
@@ -323,7 +379,7 @@ class LMImportanceSampling:
             hit = s > 0
             adapted.found.add(draws.x, draws.log_d, hit)
             adapted.near.add(draws.x, draws.log_d, s)
-            plain = draws.component == 0
+            plain = mixture.from_d(draws.component)
             adapted.plain_draws += int(plain.sum())
             adapted.plain_hits += int((hit & plain).sum())
             adapted.theta = self._updated_tilt(mixture, draws, s, adapted)
@@ -369,7 +425,12 @@ class LMImportanceSampling:
 
     @staticmethod
     def _scores(oracle: ScoreOracle, x: Tensor, found: FoundMessages) -> Tensor:
-        """Scores (n,) of x; members of the found set are known catastrophes and cost no call."""
+        """Scores (n,) of x; members of the found set are known catastrophes and cost no call.
+
+        For a spec that states chances the score climbed is log pi (n,), never above 0.
+        """
+        if has_chance(oracle.spec):
+            return log_chances(oracle, x)
         known = found.contains(x)
         s = torch.ones(x.shape[0], dtype=torch.float64)
         if bool((~known).any()):
@@ -405,6 +466,11 @@ class LMImportanceSampling:
         mixture = self._mixture(adapted, dist.length)
         n = max(budget // 2, 1)
         draws = mixture.sample(dist, n, generator)
+        if has_chance(oracle.spec):
+            log_terms = draws.log_w + log_chances(oracle, draws.x)
+            return mean_chance_outcome(log_terms, -math.log(self.defensive), confidence, {
+                "adaptation_batches": adapted.batches, "levels": adapted.levels, "draws": n,
+                "proposal_components": mixture.n_components})
         found = adapted.found
         known = found.contains(draws.x)
         s = self._scores(oracle, draws.x, found)
@@ -414,7 +480,7 @@ class LMImportanceSampling:
         found_mass = found.log_mass()
         seen_once = seen_once_hits(draws.x, outside)
         found.add(draws.x, draws.log_d, hit)
-        plain = draws.component == 0
+        plain = mixture.from_d(draws.component)
         plain_draws = adapted.plain_draws + int(plain.sum())
         plain_hits = adapted.plain_hits + int((hit & plain).sum())
         diagnostics: dict[str, Any] = {

@@ -1,4 +1,4 @@
-"""Catastrophe specs for text: forbidden next tokens, forbidden continuations, a trusted checker."""
+"""Catastrophe specs for text: forbidden next tokens (argmax or sampled), continuations, a trusted checker."""
 
 from __future__ import annotations
 
@@ -70,6 +70,44 @@ class NextTokenIn(Spec):
 
     def __repr__(self) -> str:
         return f"NextTokenIn({self.token_ids})"
+
+
+class SampledTokenIn(NextTokenIn):
+    """The policy's *sampled* next token is one of ``token_ids``: a catastrophe with chance pi(x).
+
+    y: next-token logits (n, vocab); pi(x) is the softmax mass (at ``temperature``, the
+    policy's sampling temperature) on the forbidden tokens, so P[C] = E_D[pi(x)] over
+    messages and replies together. ``log_chance`` gives log pi exactly, and the LM
+    estimators (``lm-is``, ``auto`` on an LM-written D) average pi instead of sampling
+    replies: E[1[C] | x] = pi(x), so the mean is the same and its variance smaller
+    (Rao-Blackwell). ``score`` samples the reply, log pi - log U with U uniform from the
+    spec's own generator (``seed``), positive with probability pi exactly, so plain
+    sampling (``mc``) of (message, reply) pairs estimates the same P[C].
+    """
+
+    def __init__(self, token_ids: Sequence[int], temperature: float = 1.0, seed: int = 0):
+        super().__init__(token_ids)
+        if not (isinstance(temperature, int | float) and math.isfinite(temperature) and temperature > 0):
+            raise InvalidArgumentError(f"temperature must be a finite number > 0, got {temperature!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise InvalidArgumentError(f"seed must be an int, got {seed!r}")
+        self.temperature = float(temperature)
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def log_chance(self, x: Tensor, y: Tensor) -> Tensor:
+        """log pi(x) (n,), float64: the log-probability that the sampled reply starts forbidden."""
+        return NextTokenIn.soft(self, x, y, self.temperature).double()
+
+    def score(self, x: Tensor, y: Tensor) -> Tensor:
+        u = torch.rand(y.shape[0], generator=self.generator, dtype=torch.float64)
+        return self.log_chance(x, y).cpu() - torch.log(u)
+
+    def soft(self, x: Tensor, y: Tensor, temperature: float = 1.0) -> Tensor:
+        """log pi(x) (n,) at the policy's temperature: exactly log P[C | x], already smooth in every logit."""
+        return NextTokenIn.soft(self, x, y, self.temperature)
+
+    def __repr__(self) -> str:
+        return f"SampledTokenIn({self.token_ids}, temperature={self.temperature:g})"
 
 
 class ContinuationMatches(Predicate):
