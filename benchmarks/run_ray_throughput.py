@@ -57,14 +57,38 @@ def rare_class_model() -> nn.Module:
     return model
 
 
+#: a 1-minute load average above this before a round means other work shared the CPUs
+QUIET_LOAD = 1.2
+#: other processes using more than this many CPUs on average during a run share them too
+QUIET_OTHERS_CPUS = 0.15
+#: seconds to wait, before each round, for the load average to fall to QUIET_LOAD
+LOAD_WAIT_S = 150.0
+
+
 def load() -> float:
     return os.getloadavg()[0]
 
 
-def worker_cpu_seconds() -> dict[int, float]:
-    """CPU seconds (user + system) so far of every Ray ShardWorker process descended from this one."""
+def wait_for_quiet(limit_s: float = LOAD_WAIT_S) -> float:
+    """Wait (at most ``limit_s``) until the 1-minute load average is QUIET_LOAD or less; return it."""
+    deadline = time.monotonic() + limit_s
+    while load() > QUIET_LOAD and time.monotonic() < deadline:
+        time.sleep(5.0)
+    return load()
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds every process on the machine has used so far (user, nice, system, interrupts)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def our_cpu_seconds() -> tuple[dict[int, float], float]:
+    """CPU seconds so far of every Ray ShardWorker descended from this process, and of this
+    process with all its descendants (the workers, Ray's daemons) together."""
     tick = os.sysconf("SC_CLK_TCK")
-    parent, cpu = {}, {}
+    parent, cpu, workers = {}, {}, set()
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             text, command = stat.read_text(), (stat.parent / "cmdline").read_bytes()
@@ -73,33 +97,39 @@ def worker_cpu_seconds() -> dict[int, float]:
         fields = text[text.rindex(")") + 2 :].split()  # state, ppid, ..., utime (11), stime (12)
         pid = int(stat.parent.name)
         parent[pid] = int(fields[1])
+        cpu[pid] = (int(fields[11]) + int(fields[12])) / tick
         if command.startswith(b"ray::ShardWorker"):
-            cpu[pid] = (int(fields[11]) + int(fields[12])) / tick
+            workers.add(pid)
 
     def ours(pid: int) -> bool:
         while pid > 1:
-            pid = parent.get(pid, 0)
             if pid == os.getpid():
                 return True
+            pid = parent.get(pid, 0)
         return False
 
-    return {pid: seconds for pid, seconds in cpu.items() if ours(pid)}
+    mine = [pid for pid in cpu if ours(pid)]
+    return {pid: cpu[pid] for pid in mine if pid in workers}, sum(cpu[pid] for pid in mine)
 
 
 def run_one(model: nn.Module, backend: LocalBackend | RayBackend, label: str, method: str,
             budget: int, round_: int) -> dict[str, Any]:
     """One estimate on this backend: calls per second, CPU seconds of this process and of each
     worker, the result, and the load around it."""
-    before, driver, workers = load(), time.process_time(), worker_cpu_seconds()
+    before, driver, (workers, ours), machine = load(), time.process_time(), our_cpu_seconds(), \
+        machine_busy_seconds()
     dist = tg.Gaussian(torch.zeros(64), std=1.0)
     est = tg.estimate(model, dist, SPEC, method=method, budget=budget, seed=0, backend=backend)
     driver = time.process_time() - driver
-    spent = [s - workers.get(pid, 0.0) for pid, s in worker_cpu_seconds().items()]
+    workers_after, ours_after = our_cpu_seconds()
+    others = machine_busy_seconds() - machine - (ours_after - ours)
+    spent = [s - workers.get(pid, 0.0) for pid, s in workers_after.items()]
     busy = max(spent, default=0.0) if label != "in process" else 0.0
     row = {
         "backend": label, "method": method, "round": round_, "calls": est.n_model_calls,
         "seconds": est.seconds, "calls_per_s": est.n_model_calls / est.seconds,
         "driver_cpu_s": driver, "worker_cpu_s": sorted(spent, reverse=True),
+        "ours_cpu_s": ours_after - ours, "others_cpus": max(others, 0.0) / est.seconds,
         "calls_per_s_own_cores": est.n_model_calls / (driver + busy),
         "log10_p": est.log10_p, "load_before": before, "load_after": load(),
     }
@@ -175,27 +205,41 @@ def main(out: Path, workers: list[int], repeats: int, budget: int) -> None:
         starts[k] = start_workers(model, backend)
         backends[worker_label(k)] = backend
     waiting = {k: waiting_seconds(backends[worker_label(k)]) for k in workers}  # type: ignore[arg-type]
-    rows = [
-        run_one(model, backend, label, method, budget, round_)
-        for round_ in range(repeats)
-        for method in METHODS
-        for label, backend in backends.items()
-    ]
-    same = {m: len({r["log10_p"] for r in rows if r["method"] == m}) == 1 for m in METHODS}
+    rows, round_loads = [], []
+    for round_ in range(repeats):
+        round_loads.append(wait_for_quiet())
+        rows += [run_one(model, backend, label, method, budget, round_)
+                 for method in METHODS for label, backend in backends.items()]
+    # one seed and one configuration (shard count) give one estimate, round after round
+    same = {m: all(len({r["log10_p"] for r in rows if (r["method"], r["backend"]) == (m, label)}) == 1
+                   for label in backends) for m in METHODS}
+    quiet = max(round_loads) <= QUIET_LOAD and max(r["others_cpus"] for r in rows) <= QUIET_OTHERS_CPUS
     header = {
         "model": "64-1024-1024-10 ReLU MLP", "parameters": sum(p.numel() for p in model.parameters()),
         "budget": budget, "seed": 0, "rounds": repeats, "threads_per_worker": 1,
         "cpus": os.cpu_count(), "ray_cpus": ray.cluster_resources().get("CPU"),
         "machine": platform.machine(),
-        "worker_start_seconds": starts, "waiting_model_seconds": waiting, "same_log10_p_everywhere": same,
+        "worker_start_seconds": starts, "waiting_model_seconds": waiting,
+        "same_log10_p_run_to_run": same, "round_start_loads": round_loads, "quiet": quiet,
         "versions": versions(), "git": git_revision(), "rows": rows,
     }
     out.mkdir(parents=True, exist_ok=True)
     (out / "throughput.json").write_text(json.dumps(header, indent=1, allow_nan=True))
     loads = [r["load_before"] for r in rows] + [r["load_after"] for r in rows]
+    others = max(r["others_cpus"] for r in rows)
+    verdict = (
+        f"**Quiet machine**: every round started at a 1-minute load average <= {QUIET_LOAD} and other "
+        f"processes used at most {others:.2f} CPUs during any run." if quiet else
+        f"**NOT a quiet machine: provisional figures.** Rounds started at load "
+        f"{', '.join(f'{v:.1f}' for v in round_loads)} (quiet: <= {QUIET_LOAD}); other processes used up "
+        f"to {others:.2f} CPUs during a run (quiet: <= {QUIET_OTHERS_CPUS})."
+    )
+    spread = {m: [r["log10_p"] for r in rows if r["method"] == m] for m in METHODS}
     lines = [
         f"# Model calls per second against Ray workers ({header['parameters']:,}-parameter MLP, "
         f"{budget:,}-call budget, one torch thread per worker)",
+        "",
+        verdict,
         "",
         "Measured (model calls / the estimate's wall-clock seconds):",
         "",
@@ -211,8 +255,10 @@ def main(out: Path, workers: list[int], repeats: int, budget: int) -> None:
         f"{min(loads):.1f} to {max(loads):.1f} during the runs (per run in throughput.json). "
         f"Starting the workers and sending the model took "
         + ", ".join(f"{s:.1f} s ({worker_label(k)})" for k, s in starts.items())
-        + ", once, outside the figures. The estimate is the same in every configuration: "
-        + ", ".join(f"{m} {'yes' if ok else 'NO'}" for m, ok in same.items()) + ".",
+        + ", once, outside the figures. Each configuration gives the same estimate in every round: "
+        + ", ".join(f"{m} {'yes' if ok else 'NO'}" for m, ok in same.items())
+        + "; across configurations (the workers draw from seeds of their own, so the draws differ) "
+        "log10 p spans " + ", ".join(f"{min(v):.3f} to {max(v):.3f} ({m})" for m, v in spread.items()) + ".",
         "",
         "Concurrency alone (a model that waits 0.1 ms per row, no CPU; one call on 20,000 rows): "
         + ", ".join(f"{s:.2f} s on {worker_label(k)[5:]}" for k, s in waiting.items()) + ".",

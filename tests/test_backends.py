@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import sys
 import threading
+from statistics import NormalDist
 
 import pytest
 import torch
@@ -102,24 +104,45 @@ def backend():
         ray.shutdown()
 
 
-@pytest.mark.parametrize("method, budget", [("mc", 20_000), ("is", 20_000), ("splitting", 20_000)])
-def test_sharded_runs_repeat_exactly_and_agree_with_in_process(
+#: P[output 0 > 0.7] of mlp() under N(0, I): plain sampling, 4e6 draws, seed 1 (interval -3.538, -3.489)
+FAR_CLASS_LOG10_P = -3.514
+
+
+@pytest.mark.parametrize("method, budget", [("mc", 100_000), ("is", 20_000), ("splitting", 20_000)])
+def test_sharded_runs_repeat_exactly_and_find_what_in_process_runs_find(
     backend: RayBackend, method: str, budget: int
 ) -> None:
     model = mlp()
-    first = tg.estimate(model, GAUSSIAN, FAR_CLASS, method=method, budget=budget, seed=3, backend=backend)
-    again = tg.estimate(model, GAUSSIAN, FAR_CLASS, method=method, budget=budget, seed=3, backend=backend)
-    local = tg.estimate(model, GAUSSIAN, FAR_CLASS, method=method, budget=budget, seed=3)
+    # 99.9 % intervals: the reference below must lie inside both runs' intervals, which hold 95 % ones
+    # only 95 % of the time (seed 3's sharded mc saw 17 catastrophes where 31 are expected)
+    run = {"method": method, "budget": budget, "seed": 3, "confidence": 0.999}
+    first = tg.estimate(model, GAUSSIAN, FAR_CLASS, **run, backend=backend)
+    again = tg.estimate(model, GAUSSIAN, FAR_CLASS, **run, backend=backend)
+    local = tg.estimate(model, GAUSSIAN, FAR_CLASS, **run)
     for same in ("log10_p", "ci_log10", "diagnostics", "n_model_calls"):
         assert getattr(first, same) == getattr(again, same)
     assert first.settings["backend"] == {"name": "ray", "shards": 2, "threads_per_worker": 1}
     assert "backend" not in local.settings
-    # the same draws and the same model: only float round-off of smaller batches may differ
-    assert first.n_model_calls == local.n_model_calls
-    assert first.log10_p == pytest.approx(local.log10_p, abs=1e-6)
-    assert first.ci_log10 == pytest.approx(local.ci_log10, abs=1e-6)
-    assert -5 < first.log10_p < -2
+    # the workers draw from seeds of their own, so the draws differ from in-process ones: both
+    # runs must find the same probability, each interval holding the plain-sampling reference
+    assert local.n_model_calls * 0.9 <= first.n_model_calls <= budget
+    for est in (first, local):
+        low, high = est.ci_log10
+        assert low < FAR_CLASS_LOG10_P < high
+        assert abs(est.log10_p - FAR_CLASS_LOG10_P) < 0.3
     assert "forward" not in vars(model)  # the model is handed back as it came
+
+
+def test_plain_sampling_draws_on_the_workers_and_counts_their_calls_here(backend: RayBackend) -> None:
+    dist = tg.Gaussian(torch.zeros(4), std=1.0)
+    drawn_here: list[int] = []
+    draw = dist.sample
+    dist.sample = lambda n, generator: drawn_here.append(n) or draw(n, generator)  # type: ignore[method-assign]
+    est = tg.estimate(mlp(), dist, FAR_CLASS, method="mc", budget=30_001, seed=0, backend=backend)
+    assert drawn_here == []  # every draw was made by a worker's copy of D
+    assert est.n_model_calls == est.diagnostics["draws"] == 30_001
+    tg.estimate(mlp(), dist, FAR_CLASS, method="mc", budget=1_000, seed=0)
+    assert drawn_here == [1_000]  # in process, D draws here
 
 
 def test_tsis_on_token_inputs_repeats_exactly_and_agrees(backend: RayBackend) -> None:
@@ -158,7 +181,7 @@ def test_nan_outputs_from_a_worker_are_a_model_output_error(backend: RayBackend)
 
 def test_a_model_failing_in_a_worker_says_where_without_a_remote_traceback(backend: RayBackend) -> None:
     model = nn.Sequential(nn.Linear(5, 3))  # the inputs have 4 dims
-    failure = r"Ray worker 1 of 2: RuntimeError: mat1 and mat2"
+    failure = r"in Ray worker 1 of 2: the model failed on inputs of shape \(500, 4\).*mat1 and mat2"
     with pytest.raises(tg.ShapeMismatchError, match=failure) as info:
         tg.estimate(model, GAUSSIAN, FAR_CLASS, method="mc", budget=1_000, backend=backend)
     assert "Traceback" not in str(info.value)
@@ -187,4 +210,6 @@ def test_the_estimate_command_takes_a_backend_and_refuses_a_misspelt_one(
     local = CliRunner().invoke(app, args)
     est, reference = tg.Estimate.from_json(sharded.stdout), tg.Estimate.from_json(local.stdout)
     assert est.settings["backend"]["name"] == "ray"
-    assert (est.log10_p, est.ci_log10) == (reference.log10_p, reference.ci_log10)
+    truth = math.log10(NormalDist().cdf(-1.0))  # the case's linear margin over N(0, I): Phi(-1)
+    for found in (est, reference):
+        assert found.ci_log10[0] < truth < found.ci_log10[1]

@@ -9,14 +9,17 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TypeVar
 
 import torch
 from torch import Tensor, nn
 
+from .backends.active import TasksFor, sharder_for
 from .dists.base import Distribution
 from .errors import InvalidArgumentError, ModelOutputError, ShapeMismatchError
 from .specs import Spec
 
+T = TypeVar("T")
 
 @contextmanager
 def eval_mode(model: nn.Module) -> Iterator[None]:
@@ -112,6 +115,25 @@ class ScoreOracle:
             rows = int(bad.reshape(n, -1).any(1).sum())
             raise ModelOutputError(f"the model returned NaN or inf for {rows} of {n} inputs")
         return y
+
+    def spread(self, tasks_for: TasksFor[T], generator: torch.Generator) -> list[T]:
+        """Results of whole tasks (draw, score, reduce): one per worker of the backend serving the
+        model, each with a seed drawn from ``generator``; else one task run here with ``generator``.
+
+        Work that can run whole beside a copy of the model (plain sampling's counts,
+        importance sampling's final stage, splitting's independent repeats) sends the
+        workers a seed and gets back scores or counts, not inputs and outputs, so this
+        process stays nearly idle. The calls the workers made are counted here.
+        """
+        sharder = sharder_for(self.model)
+        done = sharder.run_tasks(self, tasks_for, generator) if sharder is not None else None
+        if done is None:
+            return [task(self, generator) for task in tasks_for(1)]
+        results, calls = done
+        self.n_calls += calls
+        if self.on_calls is not None:
+            self.on_calls(calls)
+        return results
 
     def features(self, x: Tensor, fn: Callable[[Tensor], Tensor], dist: Distribution | None = None) -> Tensor:
         """``fn`` (a part of the model, e.g. its final activations) on x, batched, counted as model calls."""

@@ -27,12 +27,19 @@ import os
 import pickle
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
-from ..errors import InvalidArgumentError, UnsupportedError, require_extra
+from ..dists.base import Distribution
+from ..dists.lm import LMDistribution
+from ..errors import InvalidArgumentError, TailguardError, UnsupportedError, require_extra
+from ..specs import Spec
+from .active import ShardTask, TasksFor, sharding
+
+if TYPE_CHECKING:
+    from ..oracle import ScoreOracle
 
 #: seconds to wait for the workers to start and load the model before giving up
 START_TIMEOUT_S = 120.0
@@ -70,6 +77,18 @@ class ShardWorker:
             raise RuntimeError("no model loaded in this worker")
         with torch.no_grad():
             return self.model(x)  # type: ignore[no-any-return]
+
+    def run(self, task: ShardTask[Any], context: tuple[Distribution, Spec], batch_size: int,
+            seed: int) -> tuple[Any, int]:
+        """A task's result and the model calls it made, over this worker's copy of the model."""
+        from ..oracle import ScoreOracle  # here: the oracle imports this package
+
+        if self.model is None:
+            raise RuntimeError("no model loaded in this worker")
+        dist, spec = context
+        oracle = ScoreOracle(self.model, dist, spec, batch_size)
+        result = task(oracle, torch.Generator().manual_seed(seed))
+        return result, oracle.n_calls
 
 
 def _cpu_copy(model: nn.Module) -> nn.Module:
@@ -149,7 +168,8 @@ class RayBackend:
         model.forward = lambda x: self._forward(ray, local_forward, x)  # type: ignore[method-assign]
         self._serving = model
         try:
-            yield
+            with sharding(model, self):
+                yield
         finally:
             self._serving = None
             if own_forward:
@@ -217,13 +237,41 @@ class RayBackend:
             return odd[0]  # the oracle names what the model returned, as it does in-process
         return torch.cat(outputs).to(x.device)
 
+    def run_tasks(self, oracle: ScoreOracle, tasks_for: TasksFor[Any],
+                  generator: torch.Generator) -> tuple[list[Any], int] | None:
+        """Task i on worker i with seed i drawn from ``generator``: results in order, and their model calls.
+
+        D and the spec travel once per call (one object shared by every worker). A D that
+        writes its inputs with a model of its own (an LM-written D) stays here, where its
+        calls are counted, and so does one that does not pickle: then None, and the caller
+        runs the work here, its forward passes still sharded.
+        """
+        if isinstance(oracle.dist, LMDistribution):
+            return None
+        ray = _ray()
+        try:
+            context = ray.put((oracle.dist, oracle.spec))
+        except (TypeError, AttributeError, pickle.PicklingError):
+            return None
+        tasks = tasks_for(len(self._workers))
+        seeds = torch.randint(0, 2**62, (len(tasks),), generator=generator).tolist()
+        refs = [w.run.remote(task, context, oracle.batch_size, seed)
+                for w, task, seed in zip(self._workers, tasks, seeds, strict=False)]
+        done = [self._result(ray, ref, i) for i, ref in enumerate(refs)]
+        return [result for result, _ in done], sum(calls for _, calls in done)
+
     def _result(self, ray: Any, ref: Any, index: int) -> Any:
-        """Worker ``index``'s output; a failure there becomes a RuntimeError that the oracle
-        reports with the input shape, as it does for a model failing in this process."""
+        """Worker ``index``'s answer. A tailguard error raised there (the workers' oracle checks
+        outputs and scores as this one does) is raised here as itself; any other failure becomes
+        a RuntimeError, which the oracle reports with the input shape, as it does for a model
+        failing in this process."""
         where = f"Ray worker {index + 1} of {len(self._workers)}"
         try:
             return ray.get(ref)
         except ray.exceptions.RayTaskError as exc:
+            cause = getattr(exc, "cause", None)
+            if isinstance(cause, TailguardError):
+                raise type(cause)(f"in {where}: {cause}") from None
             raise RuntimeError(f"in {where}: {_cause(exc)}") from None
         except ray.exceptions.RayError as exc:
             raise RuntimeError(f"{where} was lost ({type(exc).__name__}: {_cause(exc)})") from None

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from .._logspace import ess, log_mean_upper_heavier_tail, logmeanexp, normal_log_ci, pareto_k
+from ..backends.active import shares
 from ..dists.base import Distribution
 from ..dists.empirical import NoisyEmpirical
 from ..errors import InvalidArgumentError
@@ -245,9 +246,10 @@ class ImportanceSampling:
         space = BaseSpace(oracle.dist)
         tuned, start = self._start(space, found)
         adapted, used = tuned._adapt(space, oracle.scores, budget, start, generator)
-        z = adapted.proposal.sample(budget - used, generator)
-        s = oracle.scores(space.to_x(z))
-        log_w = space.base_log_prob(z) - adapted.proposal.log_prob(z)
+        # the final stage draws, scores and weighs where the model is; only (s, log_w) come back
+        final = oracle.spread(lambda k: [WeightedDraws(space, adapted.proposal, n)
+                                         for n in shares(budget - used, k)], generator)
+        s, log_w = (torch.cat(parts) for parts in zip(*final, strict=True))
         # an unnormalised D's estimated normaliser scales every weight: its error adds in quadrature
         allowance = math.hypot(self.misfit_allowance, space.normaliser_rel_se)
         outcome = _final_outcome(s, log_w, adapted, confidence, self.rho, allowance)
@@ -258,7 +260,7 @@ class ImportanceSampling:
         if found is not None:
             outcome = replace(outcome, diagnostics={**outcome.diagnostics, **found.diagnostics()})
         if isinstance(space.dist, NoisyEmpirical):
-            outcome = self._flag_thin_defence(outcome, space.dist, z.shape[0])
+            outcome = self._flag_thin_defence(outcome, space.dist, s.shape[0])
         return outcome
 
     def defensive_draws_per_point(self, n_final: int, dist: NoisyEmpirical) -> float:
@@ -321,6 +323,20 @@ class ImportanceSampling:
         y = ScoreOracle(model, dist, spec).outputs(x)
         soft = spec.soft(x, y, self.temperature).double()
         return logmeanexp(dist.log_prob(x).double() - log_q + soft)
+
+
+@dataclass(frozen=True)
+class WeightedDraws:
+    """``n`` draws z of the proposal: their scores (n,) and log weights ln p_D - ln q (n,)."""
+
+    space: BaseSpace
+    proposal: _gmm.Mixture
+    n: int
+
+    def __call__(self, oracle: ScoreOracle, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        z = self.proposal.sample(self.n, generator)
+        s = oracle.scores(self.space.to_x(z))
+        return s, self.space.base_log_prob(z) - self.proposal.log_prob(z)
 
 
 def _temper(log_w: Tensor, fraction: float) -> Tensor:

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from .._logspace import binomial_log_ci
+from ..backends.active import shares
 from ..dists.base import Distribution
 from ..errors import InvalidArgumentError
 from ..oracle import ScoreOracle
@@ -43,14 +44,27 @@ class MonteCarlo:
     def run(
         self, oracle: ScoreOracle, budget: int, generator: torch.Generator, confidence: float
     ) -> Outcome:
+        # each worker draws and scores its share and sends back a count (here: one share, all of it)
+        hits = oracle.spread(lambda k: [HitCount(n, self.batch_size) for n in shares(budget, k)], generator)
+        return counts_outcome(sum(hits), budget, confidence)
+
+
+@dataclass(frozen=True)
+class HitCount:
+    """Catastrophes among ``draws`` draws of D, drawn and scored in batches wherever the model is."""
+
+    draws: int
+    batch_size: int
+
+    def __call__(self, oracle: ScoreOracle, generator: torch.Generator) -> int:
         hits = 0
         drawn = 0
-        while drawn < budget:
-            n = min(self.batch_size, budget - drawn)
+        while drawn < self.draws:
+            n = min(self.batch_size, self.draws - drawn)
             x = oracle.dist.sample(n, generator)
             hits += int((oracle.scores(x) > 0).sum())
             drawn += n
-        return counts_outcome(hits, drawn, confidence)
+        return hits
 
 
 def counts_outcome(hits: int, draws: int, confidence: float) -> Outcome:

@@ -47,6 +47,7 @@ from scipy import stats
 from torch import Tensor, nn
 
 from .._logspace import binomial_log_ci, logmeanexp
+from ..backends.active import shares
 from ..dists.base import Distribution
 from ..dists.unnormalized import ChainStarted
 from ..errors import BudgetError, InvalidArgumentError
@@ -79,6 +80,22 @@ class _Swarm:
     @property
     def shape(self) -> tuple[int, int]:
         return self.s.shape[0], self.s.shape[1]
+
+    @classmethod
+    def joined(cls, parts: list[_Swarm]) -> _Swarm:
+        """One swarm of the runs of ``parts``, in order (per step, the mean acceptance of the parts
+        still moving, and the levels of all runs)."""
+        if len(parts) == 1:
+            return parts[0]
+        steps = max(len(p.acceptance) for p in parts)
+        rounds = max(len(p.levels) for p in parts)
+        return cls(
+            **{name: torch.cat([getattr(p, name) for p in parts])
+               for name in ("x", "s", "log_p", "level", "log_step", "status", "n_levels")},
+            acceptance=[float(np.mean([p.acceptance[i] for p in parts if i < len(p.acceptance)]))
+                        for i in range(steps)],
+            levels=[[v for p in parts if i < len(p.levels) for v in p.levels[i]] for i in range(rounds)],
+        )
 
 
 @register
@@ -149,7 +166,7 @@ class Splitting:
             pilot_levels = self._pilot_levels(oracle, budget, generator)
             n = self._particles_for(budget - (oracle.n_calls - start), pilot_levels)
         left = budget - (oracle.n_calls - start)
-        swarm = self._simulate(oracle, self.n_repeats, n, left, generator)
+        swarm = self._repeats(oracle, n, left, generator)
         log_p, ci, warnings = _combine(swarm, confidence)
         diagnostics = self._diagnostics(swarm, pilot_levels, oracle.n_calls - start)
         keep = (swarm.s.flatten() >= TARGET) & (swarm.status == DONE).repeat_interleave(n)
@@ -174,16 +191,36 @@ class Splitting:
         per_particle = self.n_repeats * (1 + planned * self.n_steps)
         return max(self._min_particles(), budget // per_particle)
 
-    def _simulate(
-        self, oracle: ScoreOracle, runs: int, n: int, budget: int, generator: torch.Generator
-    ) -> _Swarm:
-        """Advance ``runs`` independent runs of ``n`` particles until all end or the budget does."""
+    def _repeats(self, oracle: ScoreOracle, n: int, budget: int, generator: torch.Generator) -> _Swarm:
+        """The ``n_repeats`` runs of ``n`` particles, started here and climbed where the model is.
+
+        The chain starts are drawn here (a sampler-free D hands each run starts of its own,
+        note 010); worker i climbs its share of the runs with its share of the budget and
+        sends back their final state: no inputs travel per MCMC step.
+        """
+        self._check_affordable(self.n_repeats, n, budget)
+        x = _starts(oracle.dist, self.n_repeats, n, generator)
+        parts = oracle.spread(lambda k: _climbs(self, x, n, budget, shares(self.n_repeats, k)), generator)
+        return _Swarm.joined(parts)
+
+    @staticmethod
+    def _check_affordable(runs: int, n: int, budget: int) -> None:
         if runs * n > budget:
             raise BudgetError(
                 f"budget {budget:,} cannot pay for {runs} runs of {n} particles; raise budget "
                 "or lower n_particles / n_repeats"
             )
-        x = _starts(oracle.dist, runs, n, generator)
+
+    def _simulate(
+        self, oracle: ScoreOracle, runs: int, n: int, budget: int, generator: torch.Generator
+    ) -> _Swarm:
+        """Advance ``runs`` independent runs of ``n`` particles until all end or the budget does."""
+        self._check_affordable(runs, n, budget)
+        return self.climb(oracle, _starts(oracle.dist, runs, n, generator), runs, n, budget, generator)
+
+    def climb(self, oracle: ScoreOracle, x: Tensor, runs: int, n: int, budget: int,
+              generator: torch.Generator) -> _Swarm:
+        """Advance ``runs`` runs of ``n`` particles from starts x (runs * n, *event_shape), run-major."""
         s = oracle.scores(x)
         spent = runs * n
         swarm = _Swarm(
@@ -282,6 +319,30 @@ class Splitting:
             "repeat_status": [names[int(v)] for v in swarm.status],
             "model_calls": calls,
         }
+
+
+@dataclass(frozen=True)
+class Climb:
+    """Some of the independent runs, from their chain starts to their end, wherever the model is."""
+
+    splitting: Splitting
+    x: Tensor  # (runs * n, *event_shape), run-major
+    runs: int
+    n: int
+    budget: int
+
+    def __call__(self, oracle: ScoreOracle, generator: torch.Generator) -> _Swarm:
+        return self.splitting.climb(oracle, self.x, self.runs, self.n, self.budget, generator)
+
+
+def _climbs(splitting: Splitting, x: Tensor, n: int, budget: int, runs: list[int]) -> list[Climb]:
+    """One Climb per share of the runs, each with the starts of its runs and its share of the budget."""
+    total, first, climbs = sum(runs), 0, []
+    for r in runs:
+        if r:
+            climbs.append(Climb(splitting, x[first * n : (first + r) * n], r, n, budget * r // total))
+        first += r
+    return climbs
 
 
 def _starts(dist: Distribution, runs: int, n: int, generator: torch.Generator) -> Tensor:
