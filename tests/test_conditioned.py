@@ -85,6 +85,28 @@ def test_log_prob_is_differentiable_and_near_the_truth():
         tg.log_prob(model, dist, spec, method="moments")
 
 
+def test_log_prob_fits_base_given_r_once_per_d_and_again_when_base_changes():
+    case = independent(1e-4, 1e-2, dim=4)
+    model, dist, spec = case.build()
+    calls: list[int] = []
+    recogniser = dist.recogniser
+    counted = Conditioned(dist.base, lambda x: calls.append(x.shape[0]) or recogniser(x))
+    first = float(tg.log_prob(model, counted, spec, method="is", budget=5_000, seed=0))
+    fitting = sum(calls)
+    assert fitting > 100_000  # the P_base[R] splitting behind the chain starts
+    calls.clear()
+    again = float(tg.log_prob(model, counted, spec, method="is", budget=5_000, seed=0))
+    assert sum(calls) == 5_000  # only the final draws are recognised: the fit is reused
+    assert again == first  # and the caller's draws are those of the first call
+    later = [float(tg.log_prob(model, counted, spec, method="is", budget=5_000, seed=s)) for s in (1, 2)]
+    assert all(abs(v / math.log(10) - case.log10_truth) < 0.5 for v in later)
+    with torch.no_grad():
+        dist.base.mean += 0.01  # base moved: base given R has too, so the fit is redone
+    calls.clear()
+    tg.log_prob(model, counted, spec, method="is", budget=5_000, seed=0)
+    assert sum(calls) > 100_000
+
+
 def test_recognised_trigger_task_draws_exactly_inside_a_condition_no_sample_meets():
     from tailguard.tasks import recognised_trigger as rt
 

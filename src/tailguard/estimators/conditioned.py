@@ -16,7 +16,9 @@ and it is trusted only if both are (docs/design/010-conditioned.md).
 
 from __future__ import annotations
 
+import hashlib
 import math
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -405,13 +407,61 @@ def _summary(est: Estimate) -> dict[str, Any]:
             "model_calls": est.n_model_calls}
 
 
+#: the last proposal fitted to base given R, per Conditioned D, with the fingerprint it was fitted under
+_PROPOSALS: weakref.WeakKeyDictionary[Conditioned, tuple[str, Gaussian]] = weakref.WeakKeyDictionary()
+
+
+def fingerprint(dist: Conditioned, start_budget: int) -> str:
+    """What base given R and its chain starts depend on: base's type and tensors, the recogniser's
+    weights (an nn.Module) or identity (a function), and the recogniser calls the starts may spend.
+
+    The model is not in it: base given R does not depend on the model being trained.
+    """
+    digest = hashlib.sha256(f"{type(dist.base).__qualname__}|{start_budget}|".encode())
+    tensors = sorted((k, v) for k, v in vars(dist.base).items() if isinstance(v, Tensor))
+    if isinstance(dist.recogniser, nn.Module):
+        tensors += sorted(dist.recogniser.state_dict().items())
+    else:
+        digest.update(f"recogniser {id(dist.recogniser)}".encode())
+    for name, t in tensors:
+        digest.update(name.encode())
+        digest.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def fitted_proposal(dist: Conditioned, space: BaseSpace, start_budget: int,
+                    generator: torch.Generator) -> Gaussian:
+    """A Gaussian in base coordinates fitted to draws of base given R, covariance widened.
+
+    The draws (a P_base[R] splitting run and burn-in within R: ``start_budget`` and more
+    recogniser calls) depend only on base and R, so the fit is kept per D and reused
+    while its ``fingerprint`` holds: a hardening run calls ``log_prob`` at every step
+    with the same D, and refitting each time cost ~80 % of that run's time. The fit
+    draws from a generator seeded from ``generator`` (one number taken whether or not
+    the fit is reused), so the caller's later draws do not depend on the cache.
+    """
+    own = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
+    key = fingerprint(dist, start_budget)
+    cached = _PROPOSALS.get(dist)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    starts = space.to_z(Restricted(dist, start_budget).chain_starts(1, PROPOSAL_FIT_DRAWS, own))
+    d = starts.shape[1]
+    jitter = 1e-6 * torch.eye(d, dtype=torch.float64)
+    cov = PROPOSAL_WIDENING * (torch.cov(starts.T).reshape(d, d) + jitter)
+    q = Gaussian(starts.mean(0), cov=0.5 * (cov + cov.T))
+    _PROPOSALS[dist] = (key, q)
+    return q
+
+
 def log_prob_conditioned(model: nn.Module, dist: Conditioned, spec: Spec, method: str, budget: int,
                          generator: torch.Generator, settings: dict[str, Any]) -> Tensor:
     """ln P[C | R] by self-normalised importance sampling from a proposal fitted to draws of base given R.
 
     The draws of base given R come from ``Restricted.chain_starts`` (recogniser calls
     only); a Gaussian q fitted to them in base coordinates (covariance widened by
-    PROPOSAL_WIDENING) then gives ``budget`` fixed draws, and with w = p_base / q
+    PROPOSAL_WIDENING; fitted once per D, ``fitted_proposal``) then gives ``budget``
+    fixed draws, and with w = p_base / q
 
         ln P[C | R] ~ ln sum(w 1_R soft_C) - ln sum(w 1_R),
 
@@ -429,14 +479,9 @@ def log_prob_conditioned(model: nn.Module, dist: Conditioned, spec: Spec, method
     if not _space.supports(dist.base) or not dist.base.has_moves:
         raise UnsupportedError(f"method 'is' needs a base with base coordinates and MCMC moves (a Gaussian, "
                                f"noisy empirical or unnormalised D), got {type(dist.base).__name__}")
-    restricted = Restricted(dist, max(budget, MIN_START_BUDGET))
     space = BaseSpace(dist.base)
     with torch.no_grad():
-        starts = space.to_z(restricted.chain_starts(1, PROPOSAL_FIT_DRAWS, generator))
-        d = starts.shape[1]
-        jitter = 1e-6 * torch.eye(d, dtype=torch.float64)
-        cov = PROPOSAL_WIDENING * (torch.cov(starts.T).reshape(d, d) + jitter)
-        q = Gaussian(starts.mean(0), cov=0.5 * (cov + cov.T))
+        q = fitted_proposal(dist, space, max(budget, MIN_START_BUDGET), generator)
         z = q.sample(budget, generator)
         log_q = q.log_prob(z) + space.log_jac
     x = space.to_x(z)
