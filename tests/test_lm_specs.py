@@ -137,3 +137,17 @@ def test_sampled_replies_follow_the_policy_and_a_regex_checks_them():
                                lambda ids: "".join(map(str, ids.tolist())))
     hits = spec.score(x[:500], policy(x[:500])) > 0
     assert abs(float(hits.double().mean()) - float(probs[3])) < 4 * math.sqrt(0.25 / 500)
+
+
+def test_sampled_token_in_samples_the_reply_with_its_exact_chance():
+    from tailguard.lm import SampledTokenIn
+
+    y = torch.log(torch.tensor([[0.7, 0.2, 0.1], [0.05, 0.05, 0.9]])).repeat(20_000, 1)
+    spec = SampledTokenIn([0, 1], seed=3)
+    chance = torch.exp(spec.log_chance(None, y))
+    assert torch.allclose(chance[:2], torch.tensor([0.9, 0.1], dtype=torch.float64))
+    hits = (spec.score(None, y) > 0).reshape(-1, 2).double().mean(0)
+    assert torch.allclose(hits, torch.tensor([0.9, 0.1], dtype=torch.float64), atol=0.01)
+    assert torch.allclose(spec.soft(None, y).double(), spec.log_chance(None, y))
+    with pytest.raises(tg.InvalidArgumentError, match="temperature"):
+        SampledTokenIn([1], temperature=0.0)

@@ -15,7 +15,7 @@ from .harden import (
 from .hf import NextTokenLogits, ReplyLogProb, chat_policy, chat_template_parts
 from .prompts import chat_prompt
 from .smollm2 import load_smollm2
-from .specs import CheckerFlags, ContinuationMatches, JudgeAbove, NextTokenIn, lm_verdict
+from .specs import CheckerFlags, ContinuationMatches, JudgeAbove, NextTokenIn, SampledTokenIn, lm_verdict
 from .training import add_lora
 
 __all__ = [
@@ -33,6 +33,7 @@ __all__ = [
     "PolicySettings",
     "Round",
     "ReplyLogProb",
+    "SampledTokenIn",
     "add_lora",
     "chat_policy",
     "chat_prompt",
