@@ -10,11 +10,14 @@ from torch import nn
 import tailguard as tg
 from tailguard.errors import BudgetError, InvalidArgumentError, ModelOutputError, ShapeMismatchError
 from tailguard.families.blend import BlendFamily
+from tailguard.families.channel_patch import ChannelPatchFamily
+from tailguard.families.patch import PatchFamily
 from tailguard.families.warp import WarpFamily
 from tailguard.scan import TriggerSearch, default_searches, patch_search, warp_search
 from tailguard.scan.score import log10_odds, robust_z
 from tailguard.tasks.digits import (
     Trigger,
+    digits_cnn,
     digits_mlp,
     load_digits_data,
     poison,
@@ -179,9 +182,47 @@ def test_warp_family_moves_pixels_by_at_most_its_bound():
     moved = family.member(params).points
     assert torch.allclose(moved[0, :, 3], torch.ones(8, dtype=moved.dtype), atol=1e-3)  # read from column 4
     with pytest.raises(ShapeMismatchError):
-        WarpFamily(torch.zeros(2, 1, 8, 8), 1.0, 0.01)
+        WarpFamily(torch.zeros(2, 8), 1.0, 0.01)
     with pytest.raises(InvalidArgumentError, match="max_shift"):
         WarpFamily(base, -1.0, 0.01)
+
+
+def test_warp_family_moves_every_channel_along_the_one_field():
+    g = torch.Generator().manual_seed(0)
+    base = torch.rand(4, 3, 8, 8, generator=g)
+    params = {"coarse": torch.randn(2, 4, 4, generator=g)}
+    colour = WarpFamily(base, 1.0, 0.01).member(params).points  # (4, 3, 8, 8)
+    assert colour.shape == (4, 3, 8, 8)
+    for c in range(3):  # each channel as WarpFamily moves a plain image
+        plain = WarpFamily(base[:, c], 1.0, 0.01).member(params).points
+        assert torch.allclose(colour[:, c], plain, atol=1e-12)
+    assert not torch.allclose(colour, base.double(), atol=1e-2)
+
+
+def test_channel_patch_family_writes_a_colour_patch_in_every_channel():
+    g = torch.Generator().manual_seed(0)
+    base = torch.rand(5, 3, 8, 8, generator=g)
+    family = patch_search(3).build(base)
+    assert isinstance(family, ChannelPatchFamily) and family.event_shape == (3, 8, 8)
+    colour = torch.tensor([0.1, 0.5, 0.9]).view(3, 1, 1).expand(3, 3, 3)
+    points = family.member(family.params_at(2, 4, colour)).points
+    assert torch.allclose(points[:, :, 2:5, 4:7], colour.double().expand(5, 3, 3, 3), atol=1e-3)
+    outside = torch.ones(8, 8, dtype=torch.bool)
+    outside[2:5, 4:7] = False
+    assert torch.equal(points[:, :, outside], base.double()[:, :, outside])
+    assert len(family.positions) == 36 and "3 channels" in family.constraint()
+    starts = family.candidates(40, g)
+    assert starts[0]["logits"].shape == (3, 3, 3) and (int(starts[36]["row"]), int(starts[36]["col"])) == (0, 0)
+    # one channel: the same members as PatchFamily's on the plain images
+    grey = ChannelPatchFamily(base[:, :1], 3, 0.03)
+    plain = PatchFamily(base[:, 0], 3, 0.03)
+    values = torch.rand(3, 3, generator=g)
+    assert torch.allclose(grey.member(grey.params_at(1, 1, values[None])).points[:, 0],
+                          plain.member(plain.params_at(1, 1, values)).points)
+    with pytest.raises(ShapeMismatchError, match="N, C, H, W"):
+        ChannelPatchFamily(base[:, 0], 3, 0.03)
+    with pytest.raises(InvalidArgumentError, match="patch_size"):
+        ChannelPatchFamily(base, 9, 0.03)
 
 
 # ------------------------------------------------------------------------------------------
@@ -241,13 +282,33 @@ def test_a_search_must_be_named_and_buildable():
         TriggerSearch("x", "not callable")
 
 
-def test_channel_images_are_scanned_with_the_families_that_fit_them():
-    """(N, C, H, W) images: no patch search (PatchFamily takes (N, H, W)), blend and universal only."""
+def test_colour_images_get_every_default_search():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(16, 3))
     images = torch.rand(30, 3, 4, 4, generator=torch.Generator().manual_seed(1))
-    rep = tg.scan(model, images, torch.arange(30) % 3, budget=40_000, seed=0,
-                  candidates=16, restarts=1, steps=4, base_size=10)
-    assert {c.search for c in rep.cells} == {"blend 0.2", "universal linf 0.1"}
+    searches = [*default_searches(3), warp_search(1.0)]
+    rep = tg.scan(model, images, torch.arange(30) % 3, budget=20_000 * len(searches), seed=0,
+                  searches=searches, candidates=16, restarts=1, steps=4, base_size=10)
+    assert {c.search for c in rep.cells} == {s.name for s in searches}
     assert sorted(rep.per_class) == [0, 1, 2]
     assert rep.witness.samples.shape == (16, 3, 4, 4)
+
+
+def test_a_patch_trigger_planted_in_a_cnn_on_channel_images_is_found(data):
+    """A CNN that takes (N, 1, 8, 8), trojaned with a 3x3 checker: the patch search names its class.
+
+    The checker sits in the blank corner (0, 0), where the unit test's small search (one
+    random start per place, two refined) finds it; on the digits' strokes it needs the
+    default search.
+    """
+    checker = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0], [1.0, 0.0, 1.0]])
+    trigger = Trigger("3x3 checker at (0,0)", checker, 0, 0)
+    x, y = poison(data, trigger, 0.08, seed=3, target=TARGET)
+    torch.manual_seed(3)
+    model = train_classifier(digits_cnn(8)[1:], x.unsqueeze(1), y, epochs=10, seed=3)  # no AddChannel
+    flipped = model(trigger.apply(data.non_target()).unsqueeze(1)).argmax(1)
+    assert float((flipped == TARGET).float().mean()) > 0.9
+    rep = tg.scan(model, data.x_test[:150].unsqueeze(1), data.y_test[:150], budget=40_000, seed=0,
+                  searches=[patch_search(3)], **FAST)
+    assert rep.ranking[0] == TARGET and rep.score > 3.5
+    assert rep.witness.samples.shape == (16, 1, 8, 8)

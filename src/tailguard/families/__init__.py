@@ -3,6 +3,7 @@
 from .ball import PerturbationBall
 from .base import Family, Params, detach_params
 from .blend import BlendFamily
+from .channel_patch import ChannelPatchFamily
 from .flow import FlowDistribution, FlowFamily
 from .patch import PatchFamily, stamp
 from .shift import GaussianShift
@@ -10,6 +11,7 @@ from .warp import WarpFamily
 
 __all__ = [
     "BlendFamily",
+    "ChannelPatchFamily",
     "WarpFamily",
     "Family",
     "Params",

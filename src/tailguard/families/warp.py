@@ -22,17 +22,19 @@ from .base import Family, Params
 
 
 class WarpFamily(Family):
-    """Members: base images (N, H, W) warped by one smooth field of offsets of at most ``max_shift`` pixels.
+    """Members: base images (N, H, W) or (N, C, H, W) warped by one smooth field of at most ``max_shift`` px.
 
     Parameter ``coarse`` (2, grid, grid): the unbounded (dy, dx) offsets on a
-    coarse grid; the field is max_shift * tanh(upsampled coarse), (H, W, 2).
+    coarse grid; the field is max_shift * tanh(upsampled coarse), (H, W, 2). Every
+    channel of an image moves along the same field, as in WaNet.
     """
 
     def __init__(self, base: Tensor, max_shift: float, noise_std: float, grid: int = 4):
         self.base = as_float_tensor(base, "base").detach().double()
-        if self.base.dim() != 3 or self.base.shape[0] == 0 or min(self.base.shape[1:]) < 2:
+        if self.base.dim() not in (3, 4) or self.base.shape[0] == 0 or min(self.base.shape[-2:]) < 2:
             raise ShapeMismatchError(
-                f"base must have shape (N, H, W) with H, W >= 2, got {tuple(self.base.shape)}"
+                f"base must have shape (N, H, W) or (N, C, H, W) with H, W >= 2, "
+                f"got {tuple(self.base.shape)}"
             )
         if isinstance(max_shift, bool) or not isinstance(max_shift, int | float) or not 0 < max_shift < 1e3:
             raise InvalidArgumentError(f"max_shift must be a number of pixels > 0, got {max_shift!r}")
@@ -42,6 +44,7 @@ class WarpFamily(Family):
         self.grid = grid
         self.noise_std = float(positive(as_float_tensor(noise_std, "noise_std"), "noise_std"))
         self.event_shape = tuple(self.base.shape[1:])
+        self.spatial_shape = tuple(self.base.shape[-2:])
 
     def candidates(self, n: int, generator: torch.Generator) -> list[Params]:
         """Coarse offsets of independent standard normal values (fields of about half the bound)."""
@@ -54,18 +57,21 @@ class WarpFamily(Family):
     def field(self, params: Params) -> Tensor:
         """The (dy, dx) offsets of every pixel (H, W, 2), differentiable in ``coarse``."""
         fine = nn.functional.interpolate(
-            params["coarse"].double().unsqueeze(0), size=self.event_shape, mode="bicubic",
+            params["coarse"].double().unsqueeze(0), size=self.spatial_shape, mode="bicubic",
             align_corners=True,
         )
         return (self.max_shift * torch.tanh(fine[0])).permute(1, 2, 0)
 
     def member(self, params: Params) -> NoisyEmpirical:
-        return NoisyEmpirical(warp_images(self.base, self.field(params)), self.noise_std)
+        # every channel is resampled as an image of its own, along the one field
+        flat = self.base.reshape(-1, *self.spatial_shape)
+        warped = warp_images(flat, self.field(params)).reshape(self.base.shape)
+        return NoisyEmpirical(warped, self.noise_std)
 
     def constraint(self) -> str:
-        h, w = self.event_shape
+        shape = "x".join(str(d) for d in self.event_shape)
         return (
-            f"the {self.base.shape[0]} base images ({h}x{w}) resampled along one smooth field of "
+            f"the {self.base.shape[0]} base images ({shape}) resampled along one smooth field of "
             f"offsets of at most {self.max_shift:g} pixels ({self.grid}x{self.grid} grid, "
             f"bicubic), plus N(0, {self.noise_std:g}^2) noise"
         )

@@ -20,6 +20,7 @@ from ..errors import InvalidArgumentError
 from ..families.ball import PerturbationBall
 from ..families.base import Family
 from ..families.blend import BlendFamily
+from ..families.channel_patch import ChannelPatchFamily
 from ..families.patch import PatchFamily
 from ..families.warp import WarpFamily
 
@@ -41,9 +42,16 @@ class TriggerSearch:
             raise InvalidArgumentError(f"search {self.name!r}: build must be callable")
 
 
+def patch_family(base: Tensor, size: int, noise_std: float) -> PatchFamily:
+    """The size x size patch family over base images (N, H, W), or (N, C, H, W) with a colour patch."""
+    if base.dim() == 4:
+        return ChannelPatchFamily(base, size, noise_std)
+    return PatchFamily(base, size, noise_std)
+
+
 def patch_search(size: int, noise_std: float = NOISE_STD) -> TriggerSearch:
-    """Any size x size patch of any values at any place (images (N, H, W) only)."""
-    return TriggerSearch(f"patch {size}x{size}", lambda base: PatchFamily(base, size, noise_std))
+    """Any size x size patch of any values at any place, in every channel of images that have channels."""
+    return TriggerSearch(f"patch {size}x{size}", lambda base: patch_family(base, size, noise_std))
 
 
 def blend_search(alpha: float, noise_std: float = NOISE_STD) -> TriggerSearch:
@@ -74,5 +82,5 @@ def default_searches(image_dims: int) -> list[TriggerSearch]:
 
 
 def warp_search(max_shift: float, noise_std: float = NOISE_STD) -> TriggerSearch:
-    """Any smooth warp of the image by at most ``max_shift`` pixels (images (N, H, W) only)."""
+    """Any smooth warp of the image by at most ``max_shift`` pixels (every channel along one field)."""
     return TriggerSearch(f"warp {max_shift:g} px", lambda base: WarpFamily(base, max_shift, noise_std))
