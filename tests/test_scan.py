@@ -212,7 +212,8 @@ def test_channel_patch_family_writes_a_colour_patch_in_every_channel():
     assert torch.equal(points[:, :, outside], base.double()[:, :, outside])
     assert len(family.positions) == 36 and "3 channels" in family.constraint()
     starts = family.candidates(40, g)
-    assert starts[0]["logits"].shape == (3, 3, 3) and (int(starts[36]["row"]), int(starts[36]["col"])) == (0, 0)
+    assert starts[0]["logits"].shape == (3, 3, 3)
+    assert (int(starts[36]["row"]), int(starts[36]["col"])) == (0, 0)  # the places cycle
     # one channel: the same members as PatchFamily's on the plain images
     grey = ChannelPatchFamily(base[:, :1], 3, 0.03)
     plain = PatchFamily(base[:, 0], 3, 0.03)

@@ -21,7 +21,7 @@ from .patch import PatchFamily, stamp
 
 
 class ChannelPatchFamily(PatchFamily):
-    """Members: base images (N, C, H, W) with one k x k patch of values in [0, 1] (C, k, k) at one position."""
+    """Members: base images (N, C, H, W) with one k x k patch of values in [0, 1] (C, k, k) at one place."""
 
     def __init__(self, base: Tensor, patch_size: int, noise_std: float):
         images = as_float_tensor(base, "base").detach().double()
