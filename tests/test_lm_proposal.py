@@ -104,3 +104,15 @@ def test_expected_forbidden_mass_matches_enumeration_with_and_without_a_proposal
         assert est.ci_log10[0] <= math.log10(truth) <= est.ci_log10[1], (est, truth)
         assert abs(est.log10_p - math.log10(truth)) < 0.1
     assert via.method == "lm-proposal-is" and 0 < via.diagnostics["ess"] <= 3000
+
+
+def test_no_hit_bound_is_the_tighter_of_the_plain_and_the_mixture_bound():
+    from tailguard._logspace import binomial_log_ci
+
+    target = tg.LMDistribution(BigramLM(0), torch.tensor([0]), length=3)
+    est = estimate_with_proposal(AllTokensAre(VOCAB), target, target, tg.ClassIs(1), n=600, seed=2)  # never
+    assert est.log10_p == -math.inf
+    plain = est.diagnostics["plain_draws"]
+    assert 20 < plain < 120  # about a tenth of the draws are D's own
+    bounds = [binomial_log_ci(0, 600, 0.95)[1] - math.log(0.1), binomial_log_ci(0, plain, 0.95)[1]]
+    assert est.ci_log10[1] == pytest.approx(min(bounds) / math.log(10))

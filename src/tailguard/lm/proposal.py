@@ -43,8 +43,9 @@ def mixture_log_prob(x: Tensor, target: LMDistribution, proposal: LMDistribution
 
 
 def defensive_draws(target: LMDistribution, proposal: LMDistribution, n: int, share: float,
-                    generator: torch.Generator) -> tuple[Tensor, Tensor]:
-    """n draws (n, length) of (1 - share) proposal + share target, and log target/mixture (n,)."""
+                    generator: torch.Generator) -> tuple[Tensor, Tensor, int]:
+    """n draws (n, length) of (1 - share) proposal + share target, log target/mixture (n,), and how
+    many of them (the last rows) are the target's own, plain draws of D."""
     if proposal.length != target.length:
         raise ShapeMismatchError(
             f"target writes {target.length} tokens but the proposal writes {proposal.length}"
@@ -55,7 +56,7 @@ def defensive_draws(target: LMDistribution, proposal: LMDistribution, n: int, sh
     x = torch.cat([proposal.sample(n - from_d, generator), target.sample(from_d, generator)])
     with torch.no_grad():
         log_w = target.log_prob(x) - mixture_log_prob(x, target, proposal, share)
-    return x, log_w
+    return x, log_w, from_d
 
 
 def estimate_with_proposal(model: nn.Module, target: LMDistribution, proposal: LMDistribution, spec: Spec,
@@ -68,7 +69,7 @@ def estimate_with_proposal(model: nn.Module, target: LMDistribution, proposal: L
         raise InvalidArgumentError(f"n must be an int >= 2, got {n!r}")
     generator, seed_value = make_generator(seed)
     start = time.perf_counter()
-    x, log_w = defensive_draws(target, proposal, n, defensive_share, generator)
+    x, log_w, from_d = defensive_draws(target, proposal, n, defensive_share, generator)
     oracle = ScoreOracle(model, target, spec)
     hit = oracle.scores(x) > 0
     terms = torch.where(hit, log_w, torch.full_like(log_w, -math.inf))
@@ -76,10 +77,14 @@ def estimate_with_proposal(model: nn.Module, target: LMDistribution, proposal: L
                    "ess_all": ess(log_w), "proposal": repr(proposal)}
     warnings: tuple[str, ...] = ()
     if not bool(hit.any()):
-        # p = E_mix[w 1[C]] <= max w * P_mix[C] <= P_mix[C] / share
-        upper = binomial_log_ci(0, n, confidence)[1] - math.log(defensive_share)
-        log_p, ci = -math.inf, (-math.inf, min(upper, 0.0))
-        warnings = (f"no catastrophe in {n:,} draws: only an upper bound",)
+        # the tighter of two bounds that hold whatever C is: the exact one of the plain draws of D,
+        # and p = E_mix[w 1[C]] <= max w * P_mix[C] <= P_mix[C] / share from all of them
+        mixture_bound = binomial_log_ci(0, n, confidence)[1] - math.log(defensive_share)
+        plain_bound = binomial_log_ci(0, from_d, confidence)[1] if from_d else 0.0
+        log_p, ci = -math.inf, (-math.inf, min(mixture_bound, plain_bound, 0.0))
+        diagnostics["plain_draws"] = from_d
+        warnings = (f"no catastrophe in {n:,} draws ({from_d:,} of them plain draws of D): only an upper "
+                    "bound",)
     else:
         log_p = float(logmeanexp(terms))
         rel_var = max(math.expm1(float(logmeanexp(2 * terms)) - 2 * log_p), 0.0)
@@ -121,7 +126,7 @@ def expected_forbidden_mass(policy: nn.Module, target: LMDistribution, token_ids
         x = target.sample(n, generator)
         log_w = torch.zeros(n, dtype=torch.float64)
     else:
-        x, log_w = defensive_draws(target, proposal, n, defensive_share, generator)
+        x, log_w, _ = defensive_draws(target, proposal, n, defensive_share, generator)
     with torch.no_grad():
         pi = torch.cat([forbidden_mass(policy(x[i : i + batch_size]), token_ids)
                         for i in range(0, n, batch_size)])
