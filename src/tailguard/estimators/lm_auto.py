@@ -18,8 +18,8 @@ Plain draws here score each distinct message once (``PlainDraws``): a message D 
 again costs its LM call but no policy call, so on a D that repeats messages the plain
 draws, and the zero-hit bound, go further than ``mc``'s at the same budget. On a D that
 never repeats, the search's steered draws are the price of the zero-hit bound (the
-plain draws are then 64 % of ``mc``'s; design note 013 says why no valid bound can use
-the steered draws for more than their share of D).
+plain draws are then about 65 % of ``mc``'s; design note 013 says why no valid bound can
+use the steered draws for more than their share of D).
 
 A spec that states each message's exact chance of a catastrophe (``log_chance``, e.g.
 ``SampledTokenIn``) follows the same plan with chances averaged instead of hits counted
