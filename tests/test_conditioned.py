@@ -6,12 +6,16 @@ import math
 
 import pytest
 import torch
+from scipy import stats
+from torch import nn
 
 import tailguard as tg
 from tailguard.bench.conditioned import independent, log_both_tails, nearly_disjoint
 from tailguard.dists.conditioned import Conditioned
 from tailguard.errors import InvalidArgumentError, ModelOutputError, ShapeMismatchError, UnsupportedError
-from tailguard.estimators.conditioned import Both, Recognised, Within
+from tailguard.estimators._space import BaseSpace
+from tailguard.estimators.conditioned import MIN_START_BUDGET, Both, Recognised, Within, fitted_proposal
+from tailguard.estimators.conditioned_bound import bernstein_lower_mean, zero_hit_bound
 
 
 def _first(x: torch.Tensor) -> torch.Tensor:
@@ -105,6 +109,51 @@ def test_log_prob_fits_base_given_r_once_per_d_and_again_when_base_changes():
     calls.clear()
     tg.log_prob(model, counted, spec, method="is", budget=5_000, seed=0)
     assert sum(calls) > 100_000
+
+
+def test_a_zero_hit_conditional_gets_an_upper_bound_instead_of_a_refusal():
+    case = independent(1e-6, 1e-3, dim=4)
+    model, dist, spec = case.build()
+    never = nn.Sequential(model, nn.Tanh())  # its output never exceeds 1: P[C | R] = 0
+    est = tg.estimate(never, dist, tg.OutputAbove(0, 2.0), budget=60_000, seed=0)
+    assert est.log10_p == -math.inf and est.trusted
+    assert est.diagnostics["combined_by"] == "zero-hit bound"
+    assert est.ci_log10[1] < -2.5  # about 3.7 / 32,000 draws, over the draws' weight spread
+    assert est.n_model_calls <= 60_000
+    assert "no catastrophe in R" in " ".join(est.warnings)
+
+
+def test_the_zero_hit_bound_holds_with_c_where_the_weights_are_largest():
+    # R = {x0 > t}, C = a slab of R along its edge nearest base's centre, where p_base / q peaks:
+    # P[C | R] = 1e-4 exactly; draws that miss C must still bound it from above
+    t = float(stats.norm.isf(1e-6))
+    width = float(stats.norm.isf(stats.norm.sf(t) * (1 - 1e-4))) - t
+    dist = Conditioned(tg.Gaussian(torch.zeros(4)), lambda x: x[:, 0] - t)
+    model = nn.Linear(4, 1, bias=False)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[-1.0, 0.0, 0.0, 0.0]]))
+    spec = tg.OutputAbove(0, -(t + width))
+    space = BaseSpace(dist.base)
+    bounds = []
+    for seed in range(5):
+        generator = torch.Generator().manual_seed(seed)
+        fitted = fitted_proposal(dist, space, MIN_START_BUDGET, generator)
+        found = zero_hit_bound(model, dist, spec, space, fitted, 20_000, generator, 0.95)
+        assert found.recognised == 20_000
+        if found.hits == 0:
+            bounds.append(found.log10_high)
+    assert len(bounds) >= 3
+    assert all(b is not None and -4.0 < b < -2.0 for b in bounds)
+
+
+def test_the_bernstein_lower_bound_covers_the_mean():
+    generator = torch.Generator().manual_seed(0)
+    covered = 0
+    for _ in range(200):
+        y = torch.rand(400, generator=generator) ** 4  # mean 0.2
+        covered += bernstein_lower_mean(y, 400, 0.95) <= 0.2
+    assert covered >= 195  # a 95 % bound that is conservative by construction
+    assert bernstein_lower_mean(torch.ones(3), 1, 0.95) == 0.0
 
 
 def test_recognised_trigger_task_draws_exactly_inside_a_condition_no_sample_meets():

@@ -37,11 +37,15 @@ from ..specs import Spec
 from . import _space
 from ._space import BaseSpace
 from .base import build
+from .conditioned_bound import ZeroHitBound, zero_hit_bound
 from .importance import ImportanceSampling
 from .splitting import Splitting
 
 #: the share of the model calls spent on splitting on base given R (the rest: the joint term)
 DIRECT_SHARE = 0.5
+#: the share of the joint term's calls that go to the zero-hit bound when the direct route saw no catastrophe
+#: (the joint term then has no hit to find either unless the direct route's chains missed part of C and R)
+BOUND_SHARE = 0.75
 #: splitting's MCMC moves per particle and level on base given R: moves confined to a thin R mix
 #: more slowly than pCN for base alone (3 moves: 0.3-1 decade spreads between seeds at 1e-6; 10:
 #: within 0.2 on the independent and nearly disjoint cases, seeds 0-2)
@@ -266,12 +270,14 @@ class Routes:
     joint, recognised: P_base[C and R] and P_base[R], each at the Bonferroni level.
     direct: P[C | R] by splitting on base given R (None when base has no MCMC move).
     starts: the last splitting run for P_base[R] that started the direct route's chains.
+    bound: the zero-hit bound, made when the direct route saw no catastrophe.
     """
 
     joint: Estimate
     recognised: Estimate
     direct: Estimate | None
     starts: dict[str, Any]
+    bound: ZeroHitBound | None = None
 
 
 def term_confidence(confidence: float) -> float:
@@ -304,13 +310,25 @@ def estimate_conditioned(run: Callable[..., Estimate], model: nn.Module, dist: C
                          direct_budget, seeds[2], confidence, progress, backend=backend, n_steps=DIRECT_STEPS)
         except UnsupportedError as exc:  # no chain start inside R: the ratio alone
             refused = (f"direct route refused: {exc}",)
+    joint_budget, bound = budget - direct_budget, None
+    if direct is not None and direct.log10_p == -math.inf and _space.supports(dist.base):
+        # splitting within R saw no catastrophe: most of the joint term's calls go to the zero-hit bound
+        space = BaseSpace(dist.base)
+        bound_generator = torch.Generator().manual_seed(seeds[2] + 1)
+        with torch.no_grad():
+            fitted = fitted_proposal(dist, space, max(budget // 2, MIN_START_BUDGET), bound_generator)
+        share = int(BOUND_SHARE * joint_budget)
+        if method == "auto" or joint_budget - share >= build(method, settings).min_budget():
+            bound = zero_hit_bound(model, dist, spec, space, fitted, share, bound_generator, confidence)
+            joint_budget -= bound.model_calls
     routes = Routes(
-        joint=run(model, dist.base, Both(spec, recognised), method, budget - direct_budget, seeds[0], level,
+        joint=run(model, dist.base, Both(spec, recognised), method, joint_budget, seeds[0], level,
                   progress, backend=backend, **settings),
         recognised=run(RecogniserOnly(), dist.base, recognised, method, budget, seeds[1], level, progress,
                        **settings),
         direct=direct,
         starts=restricted.start_diagnostics,
+        bound=bound,
     )
     result = _combine(routes, confidence, seed_value, method)
     return replace(result, warnings=(*result.warnings, *refused)) if refused else result
@@ -359,10 +377,19 @@ def _combine(routes: Routes, confidence: float, seed: int | None, method: str) -
                             f"terms ({_p(low)}..{_p(high)}) disagree: the interval spans both")
             point, low, high = direct.log10_p, min(low, d_low), max(high, d_high)
             trusted, combined_by = False, "span of direct and ratio"
+    bound = routes.bound
+    if bound is not None and bound.log10_high is not None and point == -math.inf and bound.log10_high < high:
+        high, trusted, heuristic = bound.log10_high, True, False
+        combined_by, assumes = "zero-hit bound", bound.assumes()
+        warnings.append(f"no catastrophe in R: P[C | R] <= {_p(bound.log10_high)} from {bound.draws:,} draws "
+                        f"of a proposal fitted to base given R ({bound.recognised:,} of them in R)")
+    elif bound is not None and bound.log10_high is None:
+        warnings.append(f"zero-hit bound refused: {bound.reason}")
     return Estimate(
         log10_p=point,
         ci_log10=(low, high),
-        n_model_calls=joint.n_model_calls + (direct.n_model_calls if direct is not None else 0),
+        n_model_calls=(joint.n_model_calls + (direct.n_model_calls if direct is not None else 0)
+                       + (bound.model_calls if bound is not None else 0)),
         method="conditioned",
         seconds=joint.seconds + rec.seconds + (direct.seconds if direct is not None else 0.0),
         confidence=confidence,
@@ -375,6 +402,7 @@ def _combine(routes: Routes, confidence: float, seed: int | None, method: str) -
             "base_recognised": _base_recognised(rec, routes.starts),
             "chain_starts": routes.starts,
             "direct": None if direct is None else _summary(direct),
+            "zero_hit_bound": None if bound is None else bound.diagnostics(),
         },
         warnings=tuple(warnings),
         heuristic=heuristic,
