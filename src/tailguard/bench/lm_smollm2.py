@@ -79,6 +79,13 @@ def build_task(lm: nn.Module, tokenizer: Any, length: int = LENGTH) -> Task:
     return Task(users, chat_policy(lm, tokenizer, system=lm_real.SYSTEM, end_id=end), tokenizer)
 
 
+def first_token_probs(task: Task, x: Tensor, batch: int = 64) -> Tensor:
+    """The policy's first reply token distribution (n, vocab), float64, for each message x (n, length)."""
+    with torch.no_grad():
+        return torch.cat([torch.softmax(task.policy(x[i : i + batch]).double(), dim=-1)
+                          for i in range(0, x.shape[0], batch)])
+
+
 def first_token_mass(task: Task, x: Tensor, token_ids: list[int], batch: int = 64) -> Tensor:
     """pi(x) (n,), float64: the policy's first-token mass on ``token_ids`` for each message."""
     spec = SampledTokenIn(token_ids)
@@ -92,7 +99,8 @@ def choose_forbidden(task: Task, messages: int = CHOICE_MESSAGES, seed: int = CH
     """The forbidden tokens by the rule above, with the pilot's mean mass on each agreeing token."""
     agreeing = lm_real.forbidden_ids(task.tokenizer)
     x = task.users.sample(messages, torch.Generator().manual_seed(seed))
-    means = {t: float(first_token_mass(task, x, [t]).mean()) for t in agreeing}
+    probs = first_token_probs(task, x)
+    means = {t: float(probs[:, t].mean()) for t in agreeing}
     chosen = sorted(t for t, m in means.items() if m < below)
     return {"messages": messages, "seed": seed, "below": below, "token_ids": chosen,
             "tokens": [task.tokenizer.decode([t]) for t in chosen],
@@ -181,6 +189,14 @@ def markdown(results: dict[str, Any]) -> str:
         lines.append(f"| {r['seed']} | {r['method']} | {r['log10_p']:.3f} | [{r['ci_log10'][0]:.3f}, "
                      f"{r['ci_log10'][1]:.3f}] | {err:+.3f} | {'yes' if covers else 'no'} | "
                      f"{r['n_model_calls']:,} | {r['seconds']:.0f} |")
+    errors = [abs(r["log10_p"] - truth["log10_p"]) for r in results["estimates"]]
+    covered = sum(r["ci_log10"][0] <= truth["log10_p"] <= r["ci_log10"][1] for r in results["estimates"])
+    lines += ["", f"Within 0.3 decades of the truth: {sum(e <= 0.3 for e in errors)} of {len(errors)} seeds "
+              f"(largest error {max(errors):.3f}); intervals covering it: {covered} of {len(errors)}."]
+    if any(r["method"] == "mc" for r in results["estimates"]):
+        lines += ["", "`mc` is what `auto` chose: its pilot's plain draws, each message's exact chance "
+                  "averaged, had a relative standard error below 1 / sqrt(30), so the rest of the budget "
+                  "went to more such draws rather than to `lm-is`'s steered proposal."]
     rows = results["baselines"]
     lines += ["", f"## Baselines at the same budget ({results['budget'] // 2:,} messages each), on disjoint "
               "groups of the truth's messages, each against the truth of the other groups\n",
