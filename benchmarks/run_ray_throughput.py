@@ -17,7 +17,16 @@ of per-round ratios, so that a change in the machine's load (other work on a
 shared machine) falls on all of them alike. For that the local Ray is started
 with as many logical CPUs as all the workers together; only one configuration
 computes at a time, the others' workers wait idle. The 1-minute load average is
-recorded before and after every run.
+recorded before and after every run, and so are the CPU seconds other processes
+used during it (the machine's busy time from /proc/stat less this process's and
+its descendants'). Before each round the script waits (up to LOAD_WAIT_S) for the
+load average to fall to QUIET_LOAD; the table calls the machine quiet only if every
+round started there and no run saw other processes use more than QUIET_OTHERS_CPUS
+CPUs. Otherwise its figures are marked provisional.
+
+The workers draw their own inputs from seeds drawn here (docs/design/011-backends.md),
+so each configuration gives its own estimate: the same in every round, close to the
+others but not equal to them.
 
 A model that waits 0.1 ms per row instead of computing shows whether the
 workers run at the same time whatever the machine's load: 20,000 rows take
