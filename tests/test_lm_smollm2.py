@@ -30,7 +30,8 @@ def test_the_truth_is_the_mean_chance_and_the_run_resumes(task, tmp_path):
     # the saved chances are the policy's exact first-token mass on the chosen tokens, chunk by chunk
     x = task.users.sample(lm_smollm2.TRUTH_CHUNK, torch.Generator().manual_seed(lm_smollm2.TRUTH_SEED))
     again = lm_smollm2.first_token_mass(task, x, [3, 7, 11])
-    assert torch.allclose(again, torch.tensor(saved["truth_pi"][: lm_smollm2.TRUTH_CHUNK], dtype=torch.float64))
+    first_chunk = torch.tensor(saved["truth_pi"][: lm_smollm2.TRUTH_CHUNK], dtype=torch.float64)
+    assert torch.allclose(again, first_chunk)
     (est,) = first["estimates"]
     assert est["n_model_calls"] <= 400
     assert est["ci_log10"][0] <= truth["log10_p"] <= est["ci_log10"][1]
