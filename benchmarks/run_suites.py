@@ -4,8 +4,8 @@
     .venv/bin/python benchmarks/run_suites.py reliability 5          # auto and the OpenTURNS baselines
     .venv/bin/python benchmarks/run_suites.py stress 5 is,splitting parts   # into benchmarks/parts/
 
-Arguments: suite, number of seeds (default 5), methods (default the suite's), folder
-under benchmarks/ (default benchmarks/ itself).
+Arguments: suite, number of seeds (default 5), methods (default, or "", the suite's), folder
+under benchmarks/ or an absolute path (default benchmarks/ itself).
 """
 
 import sys
@@ -18,7 +18,7 @@ from tailguard.bench.suites import run_suite, write_suite_report
 torch.set_num_threads(1)
 suite = sys.argv[1]
 seeds = tuple(range(int(sys.argv[2]) if len(sys.argv) > 2 else 5))
-methods = sys.argv[3].split(",") if len(sys.argv) > 3 else None
+methods = sys.argv[3].split(",") if len(sys.argv) > 3 and sys.argv[3] else None
 budgets = (10_000, 100_000)
 
 

@@ -75,3 +75,36 @@ def test_a_model_that_never_fails_gets_a_bound_as_tight_as_plain_sampling():
     assert est.log10_p == -math.inf
     assert est.ci_log10[1] <= plain.ci_log10[1] + 0.02  # the search costs a few per cent of the calls
     assert est.trusted and "draws of D" in est.assumes
+
+
+def test_first_chain_of_every_centre_starts_on_it_and_the_others_at_the_radii():
+    chain_centre = torch.tensor([3, 0, 3, 3, 0, 7])
+    u = modes._starts(chain_centre, 400, torch.Generator().manual_seed(0))
+    norms = u.norm(dim=1) / math.sqrt(400)
+    assert norms[[0, 1, 5]].tolist() == [0.0, 0.0, 0.0]  # the first chain of centres 3, 0 and 7
+    assert torch.allclose(norms[[2, 3, 4]], torch.tensor(modes.START_RADII[:2] + modes.START_RADII[:1],
+                                                          dtype=torch.float64), rtol=0.1)
+
+
+def test_search_reaches_the_heaviest_data_points_of_the_digits_case():
+    """Where plain sampling sees the failures, the search has a near-best mode (random starts did not)."""
+    from tailguard.bench.digits import digits_problem
+
+    model, dist, spec = digits_problem()
+    centres = dist.points.reshape(dist.n_components, -1).float()
+    g = torch.Generator().manual_seed(1)
+    hits = torch.zeros(dist.n_components)
+    with torch.no_grad():
+        for _ in range(16):
+            k = torch.randint(dist.n_components, (1 << 18,), generator=g)
+            x = centres[k] + float(dist.noise_std) * torch.randn(1 << 18, 64, generator=g)
+            hits += torch.bincount(k[spec.score(x, model(x)) > 0], minlength=dist.n_components).float()
+    heaviest = torch.argsort(hits, descending=True)[:2].tolist()  # about 70 % of p
+    for seed in (0, 1):
+        found = modes.search(ScoreOracle(model, dist, spec), BaseSpace(dist), 6_400,
+                             torch.Generator().manual_seed(seed))
+        best = {}
+        for m in found.modes:
+            best.setdefault(m.centre, m.log_density)
+        for c in heaviest:
+            assert c in best and best[c] >= found.modes[0].log_density - 3.0
