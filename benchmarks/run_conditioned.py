@@ -9,6 +9,7 @@ Writes estimates.{jsonl,md} or trigger.{json,md} under out_dir (default benchmar
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -39,13 +40,17 @@ def run_cases(budget: int, seeds: int, out: Path) -> None:
 
 
 def run_trigger(steps: int, out: Path) -> None:
+    load_before = os.getloadavg()[0]
     study = trigger_study(steps=steps)
+    study["load_average"] = {"before": load_before, "after": os.getloadavg()[0]}
     (out / "trigger.json").write_text(json.dumps(study, indent=1))
     table = trigger_table(study)
     (out / "trigger.md").write_text(
         "# Hardening against a recognised trigger (tailguard.tasks.recognised_trigger)\n\n"
         f"Command: `python benchmarks/run_conditioned.py trigger {steps}`; settings {study['settings']}\n\n"
-        f"{table}\n"
+        f"{table}\n\n"
+        f"1-minute load average {load_before:.1f} before, {study['load_average']['after']:.1f} after "
+        "(hardening seconds are wall-clock, one torch thread).\n"
     )
     print(table)
 

@@ -145,6 +145,18 @@ def test_plain_sampling_draws_on_the_workers_and_counts_their_calls_here(backend
     assert drawn_here == [1_000]  # in process, D draws here
 
 
+def test_a_conditioned_d_shards_its_terms_and_repeats_exactly(backend: RayBackend) -> None:
+    from tailguard.bench.conditioned import independent
+
+    case = independent(1e-6, 1e-3, dim=4)
+    model, dist, spec = case.build()
+    first = tg.estimate(model, dist, spec, budget=60_000, seed=0, backend=backend)
+    again = tg.estimate(model, dist, spec, budget=60_000, seed=0, backend=backend)
+    assert (first.log10_p, first.ci_log10) == (again.log10_p, again.ci_log10)
+    assert first.ci_log10[0] <= case.log10_truth <= first.ci_log10[1]
+    assert abs(first.log10_p - case.log10_truth) < 0.3
+
+
 def test_tsis_on_token_inputs_repeats_exactly_and_agrees(backend: RayBackend) -> None:
     model, dist, spec, _ = token_case(2, 2, 0.1, 4)
     first = tg.estimate(model, dist, spec, "tsis", budget=4096, seed=5, backend=backend)

@@ -264,15 +264,17 @@ def trigger_study(seed: int = 0, steps: int = 300, samples: int = 2_000, lam: fl
 def trigger_table(study: dict) -> str:
     """Markdown: clean accuracy and P[C | R] (truth and estimate) before and after each hardening."""
     lines = ["| model | clean accuracy | P[C given R], plain sampling on exact draws (95 % CI) | "
-             "tailguard estimate (95 % CI) | trusted | P_base[R] estimate |", "|---|---|---|---|---|---|"]
+             "tailguard estimate (95 % CI) | trusted | how | P_base[R] estimate | hardening s |",
+             "|---|---|---|---|---|---|---|---:|"]
     for name in ("backdoored", "conditioned", "samples only"):
         row = study[name]
         truth, est = row["truth"], row["estimate"]
         exact = (f"{_p10(truth['log10_p'])} ({_p10(truth['ci_log10'][0])}..{_p10(truth['ci_log10'][1])}; "
                  f"{truth['hits']:,} of {truth['draws']:,})")
         ours = f"{_p10(est['log10_p'])} ({_p10(est['ci_log10'][0])}..{_p10(est['ci_log10'][1])})"
+        seconds = f"{row['seconds']:.0f}" if "seconds" in row else ""
         lines.append(f"| {name} | {row['clean_accuracy']:.2%} | {exact} | {ours} | {est['trusted']} | "
-                     f"{_p10(est['log10_base_r'])} |")
+                     f"{est.get('combined_by', '')} | {_p10(est['log10_base_r'])} | {seconds} |")
     return "\n".join(lines)
 
 
