@@ -15,6 +15,7 @@ from ._toy_backdoor import flat_params, toy_task, trigger_model
 
 FAST = dict(
     steps=6,
+    extra_steps=0,
     pool_size=2,
     candidates=9,
     samples=32,

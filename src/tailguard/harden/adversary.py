@@ -8,9 +8,13 @@ and estimates ln P[C] on its own distribution, differentiably in the policy
 - ``FamilyAdversary``: a pool of members of a ``Family`` kept near the model's
   worst case. Several members at once (a failure found at one patch position
   does not mean there is none at another); each step ascends every member's
-  reparameterised surrogate by one Adam step; from time to time fresh candidates
-  are screened and the weakest member is replaced when a candidate beats it, so
-  the adversary keeps exploring as the model closes the holes it knows about.
+  reparameterised surrogate by one Adam step; from time to time candidates are
+  screened and the weakest member is replaced when a candidate beats it, so the
+  adversary keeps exploring as the model closes the holes it knows about. The
+  candidates are a random draw from the whole family (a fixed prefix of
+  ``family.candidates`` would revisit the same patch positions forever) and the
+  members that left the pool (an archive): a hole the model closed while a
+  member pressed on it can open again once the pool has moved on.
 - ``FixedAdversary``: a distribution that does not move (the deployment
   distribution, any tailguard ``Distribution``) or a fixed pool of inputs (the
   messages an earlier adversary wrote).
@@ -61,7 +65,8 @@ class Adversary(Protocol):
 @dataclass(frozen=True)
 class PoolSettings:
     """Pool size, candidates screened at the start, draws per surrogate, its temperature,
-    Adam's step on the members, and how often (steps) fresh candidates are tried."""
+    Adam's step on the members, how often (steps) candidates are tried, and how many
+    members that left the pool are kept to be tried again."""
 
     pool_size: int = 6
     candidates: int = 72
@@ -69,9 +74,10 @@ class PoolSettings:
     temperature: float = 0.25
     lr: float = 0.3
     refresh_every: int = 10
+    archive_size: int = 24
 
     def __post_init__(self) -> None:
-        for name in ("pool_size", "candidates", "samples", "refresh_every"):
+        for name in ("pool_size", "candidates", "samples", "refresh_every", "archive_size"):
             check_positive_int(getattr(self, name), name)
         for name in ("temperature", "lr"):
             check_positive_float(getattr(self, name), name)
@@ -87,16 +93,15 @@ class FamilyAdversary:
         self.name, self.family, self.oracle, self.settings = name, family, oracle, settings
         self.floor, self.weight = floor, weight
         self.members: list[Params] = []
+        self.archive: list[Params] = []
         self.optimizer: torch.optim.Optimizer | None = None
 
     def _value(self, params: Params, n: int, generator: torch.Generator) -> Tensor:
         return member_log_prob(self.oracle, self.family, params, n, self.settings.temperature, generator)
 
-    def _screen(self, n_candidates: int, n: int, generator: torch.Generator) -> tuple[list[Params], Tensor]:
-        starts = self.family.candidates(n_candidates, generator)
+    def _screen(self, starts: list[Params], n: int, generator: torch.Generator) -> Tensor:
         with torch.no_grad():
-            values = torch.stack([self._value(p, n, generator) for p in starts])
-        return starts, values
+            return torch.stack([self._value(p, n, generator) for p in starts])
 
     def _reset_optimizer(self) -> None:
         leaves = [p for m in self.members for p in m.values() if p.requires_grad]
@@ -105,7 +110,8 @@ class FamilyAdversary:
     def start(self, generator: torch.Generator) -> None:
         """The pool: the best ``pool_size`` of ``candidates`` fresh candidates by surrogate value."""
         cfg = self.settings
-        starts, values = self._screen(cfg.candidates, cfg.samples, generator)
+        starts = self.family.candidates(cfg.candidates, generator)
+        values = self._screen(starts, cfg.samples, generator)
         order = torch.argsort(values, descending=True, stable=True)[: cfg.pool_size]
         self.members = [starts[int(i)] for i in order]
         self._reset_optimizer()
@@ -133,13 +139,36 @@ class FamilyAdversary:
         return {}
 
     def _refresh(self, current: Tensor, generator: torch.Generator) -> None:
-        """Replace the weakest member by the best fresh candidate if it is stronger."""
+        """Replace the weakest member by the best candidate (fresh or archived) if it is stronger."""
         cfg = self.settings
-        starts, values = self._screen(cfg.candidates // 4 or 1, cfg.samples // 2 or 1, generator)
+        everywhere = self.family.candidates(cfg.candidates, generator)
+        chosen = torch.randperm(len(everywhere), generator=generator)[: cfg.candidates // 4 or 1]
+        starts = [everywhere[int(i)] for i in chosen] + self.archive
+        values = self._screen(starts, cfg.samples // 2 or 1, generator)
         best, weakest = int(values.argmax()), int(current.argmin())
         if values[best] > current[weakest]:
-            self.members[weakest] = starts[best]
-            self._reset_optimizer()
+            self.admit(starts[best], weakest)
+
+    def admit_in_place_of_weakest(self, params: Params, generator: torch.Generator) -> None:
+        """Put a member found elsewhere (detached, e.g. by ``tailguard.attack``) in place of the weakest."""
+        if not self.members:
+            self.start(generator)
+        with torch.no_grad():
+            values = self._member_values(generator, frozen=True)
+        self.admit(self._as_leaves(params), int(values.argmin()))
+
+    def _as_leaves(self, params: Params) -> Params:
+        """Copies of ``params`` with the family's continuous parameters requiring grad again."""
+        template = self.family.candidates(1, torch.Generator())[0]
+        return {k: v.detach().clone().requires_grad_(template[k].requires_grad) for k, v in params.items()}
+
+    def admit(self, params: Params, replacing: int) -> None:
+        """Put ``params`` in the pool in place of member ``replacing``, which goes to the archive."""
+        leaving = self._as_leaves(self.members[replacing])
+        self.archive = [m for m in self.archive if m is not params]
+        self.archive = [*self.archive, leaving][-self.settings.archive_size:]
+        self.members[replacing] = params
+        self._reset_optimizer()
 
     def log_probs(self, generator: torch.Generator) -> Tensor:
         return self._member_values(generator, frozen=True)
@@ -154,22 +183,23 @@ class FamilyAdversary:
         assert self.optimizer is not None
         opt_tensors, opt_meta = flatten_optimizer(self.optimizer.state_dict())
         members = {f"{i}.{k}": v for i, m in enumerate(self.members) for k, v in detach_params(m).items()}
-        return {**members, **{f"optimizer/{k}": v for k, v in opt_tensors.items()}}, {"optimizer": opt_meta}
+        archive = {f"archive/{i}.{k}": v for i, m in enumerate(self.archive) for k, v in m.items()}
+        return ({**members, **archive, **{f"optimizer/{k}": v for k, v in opt_tensors.items()}},
+                {"optimizer": opt_meta})
 
     def load_state(self, tensors: dict[str, Tensor], meta: dict[str, Any]) -> None:
-        template = self.family.candidates(1, torch.Generator())[0]
         members: dict[int, Params] = {}
+        archive: dict[int, Params] = {}
         opt_tensors = {}
         for key, value in tensors.items():
             if key.startswith("optimizer/"):
                 opt_tensors[key.removeprefix("optimizer/")] = value
                 continue
-            i, name = key.split(".", 1)
-            v = value.clone()
-            if template[name].requires_grad:
-                v.requires_grad_(True)
-            members.setdefault(int(i), {})[name] = v
-        self.members = [members[i] for i in sorted(members)]
+            into = archive if key.startswith("archive/") else members
+            i, name = key.removeprefix("archive/").split(".", 1)
+            into.setdefault(int(i), {})[name] = value
+        self.members = [self._as_leaves(members[i]) for i in sorted(members)]
+        self.archive = [self._as_leaves(archive[i]) for i in sorted(archive)]
         self._reset_optimizer()
         assert self.optimizer is not None
         self.optimizer.load_state_dict(unflatten_optimizer(opt_tensors, meta["optimizer"]))

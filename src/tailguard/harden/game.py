@@ -95,6 +95,8 @@ class Trace:
 
 
 OnStep = Callable[[int, dict[str, Any]], "dict[str, Any] | None"]
+#: whether the run may stop now, given its trace so far (asked after each step's evaluation)
+Stop = Callable[[Trace], bool]
 
 
 def other_configuration(directory: Path) -> InvalidArgumentError:
@@ -117,12 +119,15 @@ def train_loop(
     checkpoint_dir: str | Path | None = None,
     resume: bool = False,
     on_step: OnStep | None = None,
+    stop: Stop | None = None,
 ) -> Trace:
-    """Adam on ``player.trainable()`` for ``settings.steps`` steps; see the module docstring.
+    """Adam on ``player.trainable()`` for at most ``settings.steps`` steps; see the module docstring.
 
     ``config`` (JSON data) identifies the run: a resume from a checkpoint written
     with another one is refused. ``on_step(steps_done, row)`` may return an
-    evaluation, which is kept in the trace (and the checkpoint).
+    evaluation, which is kept in the trace (and the checkpoint). ``stop(trace)``,
+    asked after every step, ends the run early when it returns True; it decides
+    from the trace alone, so a resumed run stops where the uninterrupted one did.
     """
     params = player.trainable()
     if not params:
@@ -137,7 +142,7 @@ def train_loop(
         trace = _restore(folder, config, player, params, optimizer, generator)
     started = time.perf_counter() - trace.seconds
     step = len(trace.steps)
-    while step < settings.steps:
+    while step < settings.steps and not (stop is not None and step > 0 and stop(trace)):
         loss, row = player.loss(step, generator)
         if not torch.isfinite(loss.detach()):
             raise TrainingDivergedError(
@@ -158,8 +163,10 @@ def train_loop(
             if evaluation is not None:
                 trace.evals.append(evaluation)
         trace.seconds = time.perf_counter() - started
-        if folder is not None and (step % settings.checkpoint_every == 0 or step == settings.steps):
+        if folder is not None and step % settings.checkpoint_every == 0:
             _save(folder, config, player, params, optimizer, generator, trace)
+    if folder is not None:
+        _save(folder, config, player, params, optimizer, generator, trace)
     return trace
 
 

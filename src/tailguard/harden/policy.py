@@ -5,7 +5,12 @@ train, and computes its task loss on a batch of ordinary inputs: the loss that
 keeps the model useful while the risk terms remove its failures. Inputs are
 handed to the model as they are (token ids stay integers). Here:
 
-- ``ClassifierPolicy``: cross-entropy on labelled examples;
+- ``ClassifierPolicy``: cross-entropy on labelled examples, optionally plus the
+  distillation loss to a frozen teacher (the model the run started from):
+  cross-entropy alone stops pulling once a training example is classified
+  right, so the risk terms can shave the margins of the target class until
+  unseen examples of it fall over; matching the teacher's tempered outputs
+  keeps those margins where they were on ordinary inputs;
 - ``ControlPolicy``: a continuous control policy, mean squared error to the
   demonstrated actions (behaviour cloning);
 
@@ -71,14 +76,36 @@ class _Supervised:
 
 
 class ClassifierPolicy(_Supervised):
-    """A classifier: cross-entropy of labels y (n,) long; figures: task_loss, batch_accuracy."""
+    """A classifier: cross-entropy of labels y (n,) long; figures: task_loss, batch_accuracy.
+
+    With a ``teacher`` (frozen; typically a copy of the starting model), the task
+    loss adds ``distill`` times the distillation loss at ``distill_temperature`` T:
+    T^2 KL(softmax(teacher / T) || softmax(model / T)) (Hinton, Vinyals & Dean
+    2015, "Distilling the knowledge in a neural network"); figure: distill_loss.
+    """
+
+    def __init__(self, model: nn.Module, inputs: Tensor, targets: Tensor, batch_size: int,
+                 teacher: nn.Module | None = None, distill: float = 0.0, distill_temperature: float = 4.0):
+        super().__init__(model, inputs, targets, batch_size)
+        if teacher is not None:
+            teacher.eval().requires_grad_(False)
+        self.teacher, self.distill, self.distill_temperature = teacher, distill, distill_temperature
 
     def task_loss(self, generator: torch.Generator) -> tuple[Tensor, Batch, dict[str, float]]:
         x, y = self._batch(generator)
         logits = self.model(x)
         loss = nn.functional.cross_entropy(logits, y)
-        accuracy = float((logits.argmax(1) == y).float().mean())
-        return loss, (x, y), {"task_loss": float(loss.detach()), "batch_accuracy": accuracy}
+        figures = {"task_loss": float(loss.detach()),
+                   "batch_accuracy": float((logits.argmax(1) == y).float().mean())}
+        if self.teacher is not None and self.distill > 0:
+            t = self.distill_temperature
+            with torch.no_grad():
+                target = nn.functional.log_softmax(self.teacher(x) / t, dim=1)
+            kl = nn.functional.kl_div(nn.functional.log_softmax(logits / t, dim=1), target, log_target=True,
+                                      reduction="batchmean") * t**2
+            figures["distill_loss"] = float(kl.detach())
+            loss = loss + self.distill * kl
+        return loss, (x, y), figures
 
 
 class ControlPolicy(_Supervised):

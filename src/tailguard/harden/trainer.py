@@ -30,7 +30,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..attack import check_method, check_positive_float, check_positive_int, check_supported
+from ..attack import (
+    check_method,
+    check_positive_float,
+    check_positive_int,
+    check_supported,
+)
 from ..dists.base import Distribution
 from ..errors import InvalidArgumentError, ShapeMismatchError
 from ..estimate import estimate
@@ -38,7 +43,8 @@ from ..families.base import Family, Params
 from ..oracle import ScoreOracle, model_dtype_device
 from ..specs import Spec
 from .adversary import ESTIMATORS, Adversary, FamilyAdversary, FixedAdversary, PoolSettings
-from .game import Game, LoopSettings, other_configuration, recorded_config, train_loop
+from .family_check import FamilyCheck, check_resolution, target_met
+from .game import Game, LoopSettings, Trace, other_configuration, recorded_config, train_loop
 from .judge import JudgeSettings
 from .judge import verdict as independent_verdict
 from .objective import Objective
@@ -63,6 +69,13 @@ class HardenSettings:
     adversary_floor: float = -9.2
     deployment_floor: float = -28.0
     refresh_every: int = 10
+    archive_size: int = 24
+    distill: float = 0.0
+    distill_temperature: float = 4.0
+    extra_steps: int | None = None
+    check_every: int = 50
+    check_budget: int = 20_000
+    family_target: float = -6.9
     eval_every: int = 100
     eval_budget: int = 20_000
     eval_method: str = "auto"
@@ -82,6 +95,9 @@ class HardenSettings:
             "candidates",
             "samples",
             "refresh_every",
+            "archive_size",
+            "check_every",
+            "check_budget",
             "eval_every",
             "eval_budget",
             "checkpoint_every",
@@ -89,25 +105,36 @@ class HardenSettings:
         )
         for name in positive_ints:
             check_positive_int(getattr(self, name), name)
-        for name in ("lam", "lr", "adversary_lr", "temperature"):
+        for name in ("lam", "lr", "adversary_lr", "temperature", "distill_temperature"):
             check_positive_float(getattr(self, name), name)
         _check_finite(self.deploy_weight, "deploy_weight", at_least=0.0)
+        _check_finite(self.distill, "distill", at_least=0.0)
+        _check_finite(self.family_target, "family_target")
+        extra = self.extra_steps
+        if extra is not None and (not isinstance(extra, int) or isinstance(extra, bool) or extra < 0):
+            raise InvalidArgumentError(f"extra_steps must be None or an int >= 0, got {extra!r}")
+        check_resolution(self.check_budget, self.family_target)
         for name in ("adversary_floor", "deployment_floor"):
             _check_finite(getattr(self, name), name)
         if self.pool_size > self.candidates:
             raise InvalidArgumentError("pool_size must not exceed candidates")
         check_method(self.eval_method, "eval_method", self.eval_budget)
-        self.judge()
-
-    def judge(self) -> JudgeSettings:
-        """The settings of the independent verdict on the final model."""
-        return JudgeSettings(self.judge_budget, self.judge_sampling_budget, self.judge_attack_budget,
-                             self.judge_attack_method)
         if self.deployment_estimator not in ESTIMATORS:
             known = ", ".join(ESTIMATORS)
             raise InvalidArgumentError(
                 f"deployment_estimator must be one of {known}, got {self.deployment_estimator!r}"
             )
+        self.judge()
+
+    @property
+    def most_steps(self) -> int:
+        """``steps`` plus the final phase's ``extra_steps`` (None: as many again as ``steps``)."""
+        return self.steps + (self.steps if self.extra_steps is None else self.extra_steps)
+
+    def judge(self) -> JudgeSettings:
+        """The settings of the independent verdict on the final model."""
+        return JudgeSettings(self.judge_budget, self.judge_sampling_budget, self.judge_attack_budget,
+                             self.judge_attack_method)
 
 
 def _check_finite(value: Any, name: str, at_least: float = -math.inf) -> None:
@@ -291,32 +318,51 @@ def harden(
     held_out = _held_out_members(family, cfg.held_out, seed)
     probe(oracle, family, held_out[0])
     pool = PoolSettings(cfg.pool_size, cfg.candidates, cfg.samples, cfg.temperature, cfg.adversary_lr,
-                        cfg.refresh_every)
+                        cfg.refresh_every, cfg.archive_size)
     worst = FamilyAdversary("adversary", family, oracle, pool, cfg.adversary_floor)
     adversaries: list[Adversary] = [worst]
     if deployment is not None:
         adversaries.append(FixedAdversary("deployment", deployment, oracle, cfg.samples, cfg.temperature,
                                           cfg.deployment_floor, cfg.deploy_weight, cfg.deployment_estimator))
-    game = Game(ClassifierPolicy(trained, *train, cfg.batch_size), adversaries, Objective(cfg.lam),
+    teacher = copy.deepcopy(model) if cfg.distill else None
+    policy = ClassifierPolicy(trained, *train, cfg.batch_size, teacher=teacher, distill=cfg.distill,
+                              distill_temperature=cfg.distill_temperature)
+    game = Game(policy, adversaries, Objective(cfg.lam),
                 oracle=oracle)
     evaluate = held_out_evaluation(trained, spec, family, held_out, deployment, test, cfg.eval_method,
                                    cfg.eval_budget)
     fingerprint = {**config_fingerprint(cfg, seed, spec, family, train), "deployment": repr(deployment)}
-    with _steps_progress(progress, cfg.steps) as advance:
+    check = FamilyCheck(trained, spec, family, worst, cfg.check_budget, cfg.family_target, seed)
+    most = cfg.most_steps
+    with _steps_progress(progress, most) as advance:
 
         def on_step(done: int, row: dict[str, Any]) -> dict[str, Any] | None:
             advance(done, row)
-            return evaluate(done) if done % cfg.eval_every == 0 or done == cfg.steps else None
+            checking = most > cfg.steps and done >= cfg.steps and (done - cfg.steps) % cfg.check_every == 0
+            if not (checking or done % cfg.eval_every == 0 or done in (cfg.steps, most)):
+                return None
+            evaluation = evaluate(done)
+            if checking:
+                evaluation["family_check"] = check(done)
+            return evaluation
 
-        trace = train_loop(game, LoopSettings(cfg.steps, cfg.lr, cfg.checkpoint_every), seed, fingerprint,
-                           checkpoint_dir, resume, on_step)
+        def stop(trace: Trace) -> bool:
+            return len(trace.steps) >= cfg.steps and target_met(trace.evals)
+
+        trace = train_loop(game, LoopSettings(most, cfg.lr, cfg.checkpoint_every), seed, fingerprint,
+                           checkpoint_dir, resume, on_step, stop)
     trained.eval()
     found = {"training adversary's worst member": family.member(worst.worst(torch.Generator()))}
     verdict = final_verdict(trained, spec, family, held_out, deployment, cfg, seed, found)
     report = HardenReport(settings=dataclasses.asdict(cfg), constraint=family.constraint(), seed=seed,
                           steps=trace.steps, evals=trace.evals, seconds=trace.seconds,
-                          model_calls=game.model_calls, verdict=verdict)
+                          model_calls=game.model_calls + checks_calls(trace.evals), verdict=verdict)
     return HardenResult(model=trained, report=report)
+
+
+def checks_calls(evals: list[dict[str, Any]]) -> int:
+    """Model calls the family checks of a run spent (kept in its evaluations, so a resume counts them)."""
+    return sum(ev["family_check"]["n_model_calls"] for ev in evals if "family_check" in ev)
 
 
 def final_verdict(model: nn.Module, spec: Spec, family: Family, held_out: list[Params],
