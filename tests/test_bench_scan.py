@@ -9,6 +9,7 @@ from torch import nn
 
 from tailguard.bench import scan as bench
 from tailguard.bench.trojan_zoo import ZooEntry
+from tailguard.errors import InvalidArgumentError
 from tailguard.families.patch import PatchFamily
 from tailguard.tasks.digits import Trigger
 
@@ -114,6 +115,22 @@ def test_a_run_resumes_from_its_records_and_writes_the_report(tmp_path):
     assert json.loads(paths["json"].read_text())["config"] == config
     assert "| all | ok |" in paths["markdown"].read_text()
     assert paths["png"].stat().st_size > 0
+
+
+def test_records_of_another_run_are_refused_not_resumed(tmp_path):
+    """Records that other code or settings wrote would report detectors that no longer exist."""
+    entries = [_entry("c0", False)]
+    chosen = {"ok": lambda model, images, labels, seed: (1.0, 1, None)}
+    images, labels = torch.rand(4, 8, 8), torch.arange(4)
+    first = bench.run_benchmark(entries, lambda e: nn.Identity(), chosen, images, labels, tmp_path,
+                                fingerprint="a" * 64)
+    assert first[0]["fingerprint"] == "a" * 64
+    with pytest.raises(InvalidArgumentError, match="another run"):
+        bench.run_benchmark(entries, lambda e: nn.Identity(), chosen, images, labels, tmp_path,
+                            fingerprint="b" * 64)
+    config = {"zoo_seed": 0, "source_sha256": bench.source_sha256()}
+    assert bench.fingerprint_of(config) == bench.fingerprint_of(dict(reversed(config.items())))
+    assert bench.fingerprint_of(config) != bench.fingerprint_of({**config, "zoo_seed": 1})
 
 
 def test_the_scan_s_trigger_area_is_its_patch_or_the_whole_image():

@@ -157,5 +157,15 @@ def test_bad_arguments_are_named():
 def test_default_cache_dir_follows_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("TAILGUARD_ZOO_DIR", str(tmp_path))
     assert tz.default_cache_dir() == tmp_path
+    assert tz.default_cache_dir(3) == tmp_path.with_name(f"{tmp_path.name}-seed3")
     monkeypatch.delenv("TAILGUARD_ZOO_DIR")
     assert tz.default_cache_dir().parts[-3:] == (".cache", "tailguard", "zoo")
+    assert tz.default_cache_dir(1).parts[-3:] == (".cache", "tailguard", "zoo-seed1")
+    with pytest.raises(InvalidArgumentError, match="seed"):
+        tz.default_cache_dir(-1)
+
+
+def test_a_folder_holding_one_zoo_seed_is_not_overwritten_by_another(small_zoo):
+    cache, _ = small_zoo
+    with pytest.raises(InvalidArgumentError, match="zoo of seed 0"):
+        tz.build_zoo(cache, n_clean=2, n_trojaned=3, seed=1, progress=False)

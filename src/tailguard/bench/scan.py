@@ -4,7 +4,11 @@ Every detector sees the same held-out clean digits (``trojan_zoo.scan_inputs``)
 with their labels and the same seed. A record per (model, detector) holds the
 score, the suspected target, the overlap of the recovered trigger area with the
 true one and the seconds; records are appended to ``records.jsonl`` as they
-come, so an interrupted run resumes where it stopped. The metrics, per trigger
+come, so an interrupted run resumes where it stopped. Every record carries the
+fingerprint of the run that made it (the settings, the zoo's manifest and the
+source of the package): a run refuses to resume records that another version of
+the code or other settings wrote, since mixing them would report detectors that
+no longer exist. The metrics, per trigger
 kind (each kind's trojaned models against all clean ones) and over the zoo:
 
 - AUROC: the chance that a trojaned model outscores a clean one (ties count half);
@@ -115,6 +119,20 @@ def run_one(entry: ZooEntry, model: nn.Module, name: str, detector: Detector,
     }
 
 
+def read_records(path: Path, fingerprint: str) -> list[dict[str, Any]]:
+    """The records of ``path`` (none if absent); InvalidArgumentError if any has another fingerprint."""
+    if not path.is_file():
+        return []
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    foreign = sorted({str(r.get("fingerprint")) for r in records} - {fingerprint})
+    if foreign:
+        raise InvalidArgumentError(
+            f"{path} holds records of another run (fingerprint {', '.join(f[:12] for f in foreign)}, "
+            f"this run's {fingerprint[:12]}): other code or settings made them; move or delete the file"
+        )
+    return records
+
+
 def run_benchmark(
     entries: Sequence[ZooEntry],
     load: Callable[[ZooEntry], nn.Module],
@@ -124,11 +142,15 @@ def run_benchmark(
     out_dir: Path,
     seed: int = 0,
     progress: Callable[[dict[str, Any]], None] | None = None,
+    fingerprint: str = "",
 ) -> list[dict[str, Any]]:
-    """Every detector on every entry; records appended to OUT/records.jsonl, already present ones kept."""
+    """Every detector on every entry; records appended to OUT/records.jsonl, already present ones kept.
+
+    Present records must carry ``fingerprint`` (see ``read_records``); new ones are tagged with it.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / RECORDS
-    records = [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+    records = read_records(path, fingerprint)
     done = {(r["model"], r["detector"]) for r in records}
     for entry in entries:
         todo = [name for name in chosen if (entry.name, name) not in done]
@@ -136,7 +158,8 @@ def run_benchmark(
             continue
         model = load(entry)
         for name in todo:
-            record = run_one(entry, model, name, chosen[name], images, labels, seed)
+            record = {**run_one(entry, model, name, chosen[name], images, labels, seed),
+                      "fingerprint": fingerprint}
             with path.open("a") as f:
                 f.write(json.dumps(record) + "\n")
             records.append(record)
@@ -297,6 +320,20 @@ def _sha256_or_none(path: Path) -> str | None:
     return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
 
 
+def source_sha256() -> str:
+    """SHA-256 of every source file of the tailguard package, by relative path: the code that ran."""
+    root = Path(__file__).resolve().parents[1]
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def fingerprint_of(config: dict[str, Any]) -> str:
+    """SHA-256 of a run's config (settings, zoo manifest, source hash): records of equal runs share it."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
+
+
 def interleaved(entries: Sequence[ZooEntry]) -> list[ZooEntry]:
     """Clean and trojaned models alternating, so that any prefix of a run is balanced."""
     clean = [e for e in entries if not e.trojaned]
@@ -316,12 +353,14 @@ def run(
     scan_budget: int = 360_000,
     shard: tuple[int, int] = (0, 1),
     progress: Callable[[str], None] | None = None,
+    only: Sequence[str] | None = None,
 ) -> dict[str, Path]:
     """The benchmark (quick: 2 clean and 3 trojaned models, one per kind) into ``out_dir``.
 
     ``shard`` (i, n): run only every n-th model from the i-th, so n processes can
     share the zoo; each writes its records to the same file and the report covers
-    every record present when it is written.
+    every record present when it is written. ``only``: run these detectors alone
+    (a later run of the others, with the same code and settings, adds theirs).
     """
     n_clean, n_trojaned = (2, 3) if quick else (30, 30)
     n_images = 200
@@ -332,6 +371,16 @@ def run(
                         progress=progress is not None)
     images, labels = scan_inputs(n_images, seed=seed)
     chosen = detectors(scan_budget)
+    if only is not None:
+        unknown = sorted(set(only) - set(chosen))
+        if unknown or not only:
+            raise InvalidArgumentError(f"only must name some of {', '.join(chosen)}, got {list(only)}")
+        chosen = {name: chosen[name] for name in only}
+    config = {"zoo_seed": zoo_seed, "n_clean": n_clean, "n_trojaned": n_trojaned, "n_images": n_images,
+              "seed": seed, "scan_budget": scan_budget, "quick": quick,
+              "zoo_manifest_sha256": _sha256_or_none(cache_dir / "manifest.json"),
+              "source_sha256": source_sha256()}
+    fingerprint = fingerprint_of(config)
 
     def say(record: dict[str, Any]) -> None:
         if progress is not None:
@@ -339,10 +388,7 @@ def run(
             progress(f"{record['model']} {record['detector']}: {outcome} ({record['seconds']:.0f} s)")
 
     records = run_benchmark(interleaved(entries)[index::count], lambda e: load_zoo_model(e, cache_dir),
-                            chosen, images, labels, out_dir, seed=seed, progress=say)
-    path = out_dir / RECORDS
-    everything = [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else records
-    config = {"zoo_seed": zoo_seed, "n_clean": n_clean, "n_trojaned": n_trojaned, "n_images": n_images,
-              "seed": seed, "scan_budget": scan_budget, "quick": quick,
-              "zoo_manifest_sha256": _sha256_or_none(cache_dir / "manifest.json")}
-    return write_report(everything, out_dir, config)
+                            chosen, images, labels, out_dir, seed=seed, progress=say,
+                            fingerprint=fingerprint)
+    everything = read_records(out_dir / RECORDS, fingerprint) or records
+    return write_report(everything, out_dir, {**config, "fingerprint": fingerprint})

@@ -19,7 +19,8 @@ used: training, evaluation (accuracy, attack success) and the scan inputs
 
 The zoo is cached as safetensors files plus ``manifest.json`` (hashes of every
 file, the settings that built it, the rejected candidates); the default folder is
-``$TAILGUARD_ZOO_DIR`` or ``~/.cache/tailguard/zoo``. Training is seeded: the same
+``$TAILGUARD_ZOO_DIR`` or ``~/.cache/tailguard/zoo`` for zoo seed 0 and the sibling
+``...-seed<s>`` for zoo seed s. Training is seeded: the same
 zoo seed gives the same triggers, targets, poison rates and training runs.
 """
 
@@ -156,10 +157,17 @@ def _trigger_from_json(data: dict[str, Any]) -> Trigger:
     )
 
 
-def default_cache_dir() -> Path:
-    """``$TAILGUARD_ZOO_DIR`` if set, else ``~/.cache/tailguard/zoo``."""
+def default_cache_dir(seed: int = 0) -> Path:
+    """The folder of the zoo of ``seed``: ``$TAILGUARD_ZOO_DIR`` if set, else ``~/.cache/tailguard/zoo``.
+
+    Each zoo seed has a folder of its own, the seed-0 zoo the folder itself and
+    zoo s its sibling ``<folder>-seed<s>``, since a folder holds one manifest.
+    """
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise InvalidArgumentError(f"seed must be a non-negative int, got {seed!r}")
     env = os.environ.get("TAILGUARD_ZOO_DIR")
-    return Path(env) if env else Path.home() / ".cache" / "tailguard" / "zoo"
+    folder = Path(env) if env else Path.home() / ".cache" / "tailguard" / "zoo"
+    return folder if seed == 0 else folder.with_name(f"{folder.name}-seed{seed}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -357,6 +365,12 @@ def build_zoo(
         for entry in entries:
             _verify(entry, cache_dir)
         return entries
+    other_seed = (cached or {}).get("settings", {}).get("seed", seed)
+    if other_seed != seed:
+        raise InvalidArgumentError(
+            f"{cache_dir} holds the zoo of seed {other_seed}; the zoo of seed {seed} goes in a folder of "
+            f"its own (default_cache_dir({seed}))"
+        )
 
     def say(message: str) -> None:
         if progress:
