@@ -79,7 +79,7 @@ def test_a_model_that_never_fails_gets_a_bound_as_tight_as_plain_sampling():
 
 def test_first_chain_of_every_centre_starts_on_it_and_the_others_at_the_radii():
     chain_centre = torch.tensor([3, 0, 3, 3, 0, 7])
-    u = modes._starts(chain_centre, 400, torch.Generator().manual_seed(0))
+    u = modes._starts(chain_centre, 400, torch.Generator().manual_seed(0), on_centre=True)
     norms = u.norm(dim=1) / math.sqrt(400)
     assert norms[[0, 1, 5]].tolist() == [0.0, 0.0, 0.0]  # the first chain of centres 3, 0 and 7
     assert torch.allclose(norms[[2, 3, 4]], torch.tensor(modes.START_RADII[:2] + modes.START_RADII[:1],

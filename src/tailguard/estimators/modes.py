@@ -118,7 +118,7 @@ def search(oracle: ScoreOracle, space: BaseSpace, budget: int, generator: torch.
     n_chains = max(1, min(256, (budget - screen) // per_chain))
     chain_centre = _chain_centres(oracle, space, centres, n_chains, screen, generator)
     n_chains = chain_centre.shape[0]
-    u = _starts(chain_centre, centres.shape[1], generator)
+    u = _starts(chain_centre, centres.shape[1], generator, on_centre=centres.shape[0] > 1)
     best_z = torch.zeros_like(u)
     best_log_p = torch.full((n_chains,), -math.inf, dtype=torch.float64)
     best_s = torch.zeros(n_chains, dtype=torch.float64)
@@ -147,26 +147,31 @@ def search(oracle: ScoreOracle, space: BaseSpace, budget: int, generator: torch.
     return ModeSearch(modes, oracle.n_calls - start_calls, n_chains, catastrophic, gradient_free)
 
 
-def _starts(chain_centre: Tensor, d: int, generator: torch.Generator) -> Tensor:
-    """Start offsets (n_chains, d) from each chain's centre: the centre itself, then START_RADII.
+def _starts(chain_centre: Tensor, d: int, generator: torch.Generator, on_centre: bool) -> Tensor:
+    """Start offsets (n_chains, d) from each chain's centre, at START_RADII in random directions.
 
-    A centre's first chain starts on it, as FORM's design-point search does: from
-    there the first step follows the score's gradient at the centre, which for a
-    noisy empirical D is most often the way to that data point's most probable
-    failure (random starts of one chain per point missed points carrying a fifth of
-    p on the digits case). Further chains of the same centre start at START_RADII in
-    random directions, which reach regions whose gradient at the centre points elsewhere.
+    With ``on_centre`` (a D of many pieces, most of them followed by one chain) a
+    centre's first chain starts on it, as FORM's design-point search does: from there
+    the first step follows the score's gradient at the data point, which most often
+    leads to that point's most probable failure; one random overdispersed start per
+    point missed points carrying a fifth of p on the digits case. Further chains of
+    the same centre start at START_RADII. A single centre has many chains, and there
+    the overdispersed starts are what reach regions whose gradient at the centre
+    points elsewhere, so every chain starts at START_RADII in turn.
     """
     n_chains = chain_centre.shape[0]
-    order = torch.argsort(chain_centre, stable=True)
-    sorted_centre = chain_centre[order]
-    first = torch.ones(n_chains, dtype=torch.bool)
-    first[1:] = sorted_centre[1:] != sorted_centre[:-1]
-    run_start = torch.cummax(torch.where(first, torch.arange(n_chains), 0), 0).values
-    rank = torch.empty(n_chains, dtype=torch.long)
-    rank[order] = torch.arange(n_chains) - run_start
-    radii = torch.tensor(START_RADII, dtype=torch.float64)[(rank - 1).clamp_min(0) % len(START_RADII)]
-    radii[rank == 0] = 0.0
+    if not on_centre:
+        radii = torch.tensor(START_RADII, dtype=torch.float64)[torch.arange(n_chains) % len(START_RADII)]
+    else:
+        order = torch.argsort(chain_centre, stable=True)
+        sorted_centre = chain_centre[order]
+        first = torch.ones(n_chains, dtype=torch.bool)
+        first[1:] = sorted_centre[1:] != sorted_centre[:-1]
+        run_start = torch.cummax(torch.where(first, torch.arange(n_chains), 0), 0).values
+        rank = torch.empty(n_chains, dtype=torch.long)
+        rank[order] = torch.arange(n_chains) - run_start
+        radii = torch.tensor(START_RADII, dtype=torch.float64)[(rank - 1).clamp_min(0) % len(START_RADII)]
+        radii[rank == 0] = 0.0
     return radii[:, None] * torch.randn(n_chains, d, generator=generator, dtype=torch.float64)
 
 
