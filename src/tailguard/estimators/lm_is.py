@@ -412,7 +412,7 @@ class LMImportanceSampling:
             return
         with torch.no_grad():
             log_d = dist.log_prob(rows)
-        s = oracle.scores(rows)
+        s = self._scores(oracle, rows, adapted.found)
         adapted.found.add(rows, log_d, s > 0)
         adapted.near.add(rows, log_d, s)
 
