@@ -8,7 +8,8 @@ and seeds (``0-4`` or ``0,2``); an optional fourth part NAME=VALUE,... sets hard
 settings other than the defaults (e.g. ``adversary_floor=-6.9``), named in the records.
 Default: every method on digits-mlp for seeds 0-4, ``harden`` and ``standard`` on the
 other tasks for seeds 0-4. Every record is appended
-to OUT/records.jsonl as it lands (a later run with the same OUT adds to it), every
+to OUT/records.jsonl as it lands (a later run with the same OUT adds to it, and judges
+the references start and clean only for tasks OUT has none of yet), every
 judged model's weights go to OUT/weights/ with their SHA-256 in the record, and the
 report (OUT/harden.{json,md,png,html}) is rewritten from all the records after each run.
 One torch thread per process.
@@ -43,11 +44,13 @@ def main(out: Path, runs: list[str]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     log = out / "records.jsonl"
     config = {"steps": STEPS, "judge": JUDGE.__dict__, "runs": runs}
-    seen: set[str] = set()
+    earlier = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    seen = {r["task"] for r in earlier if r["method"] == "start"}
     for run in runs:
         task, methods, seeds, *rest = run.split(":")
         overrides = {k: float(v) for k, v in (kv.split("=") for kv in rest[0].split(","))} if rest else {}
         # the references (start, clean) do not depend on harden's settings: judged once per task
+        # (not again when OUT already holds them)
         first, _ = task not in seen and not overrides, seen.add(task)
         started = time.perf_counter()
 

@@ -6,7 +6,8 @@ the family's worst member. After its minimum number of steps a run therefore
 checks itself the way the judge will: ``tailguard.attack`` searches the whole
 family from fresh starts (a seed of its own, never the judge's), and plain
 sampling on the member it found gives an exact interval. The run stops once
-that interval's upper end is below the target; otherwise the member found joins
+that interval's upper end is below the target on ``checks_to_pass`` checks in a
+row; after a check that fails the member found joins
 the pool (in place of its weakest member) and training goes on.
 """
 
@@ -71,7 +72,11 @@ class FamilyCheck:
                 "n_model_calls": found.n_model_calls, "met": bool(met)}
 
 
-def target_met(evals: list[dict[str, Any]]) -> bool:
-    """Whether the last family check of a run's evaluations met its target."""
-    checks = [ev["family_check"] for ev in evals if "family_check" in ev]
-    return bool(checks) and bool(checks[-1]["met"])
+def target_met(evals: list[dict[str, Any]], in_a_row: int) -> bool:
+    """Whether the last ``in_a_row`` family checks of a run's evaluations all met their target.
+
+    One search that comes back empty-handed may have been unlucky; each check
+    starts from other seeds, so consecutive passes are independent tries.
+    """
+    checks = [ev["family_check"] for ev in evals if "family_check" in ev][-in_a_row:]
+    return len(checks) == in_a_row and all(c["met"] for c in checks)

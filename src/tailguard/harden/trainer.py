@@ -7,13 +7,17 @@ surrogate ln P[C]; the model then takes a gradient step on
     task loss + lam * mean_members max(ln P_hat_member[C], adversary_floor)
               + lam * deploy_weight * max(ln P_hat_D[C], deployment_floor)
 
-(``harden.objective``). The floors stop the model from buying ever larger
+(``harden.objective``), plus, with ``distill`` > 0, the distillation loss to
+the starting model on the clean batch. The floors stop the model from buying ever larger
 margins once a failure is negligible; they are settings, not ceilings on
 safety: ln 1e-4 for the family's members (so the worst member is pushed below
 the 1e-3 target, not left near 1e-2) and ln 1e-12 for the deployment
 distribution (far below 1 / training-set size). At intervals the run is judged
 by the validated estimators (``tailguard.estimate``) on held-out members of the
-family and on the deployment distribution. Runs checkpoint and resume exactly.
+family and on the deployment distribution. After ``steps`` steps the run goes on
+until a fresh search of the whole family, judged by plain sampling, finds no
+member above ``family_target`` (``harden.family_check``), or ``extra_steps`` more
+steps have passed. Runs checkpoint and resume exactly.
 """
 
 from __future__ import annotations
@@ -54,10 +58,20 @@ from .report import HardenReport
 
 @dataclass(frozen=True)
 class HardenSettings:
-    """Hyper-parameters of a hardening run, with defaults that suit small image models."""
+    """Hyper-parameters of a hardening run, with defaults that suit small image models.
+
+    ``steps`` is the least number of steps; then a final phase of at most
+    ``extra_steps`` (None: as many again) goes on until ``checks_to_pass`` family
+    checks in a row, one every ``check_every`` steps and ``check_budget`` model
+    calls each, find no member above ``family_target`` (natural log;
+    ``harden.family_check``). ``distill`` weights the distillation loss to the
+    starting model on the clean batches, at ``distill_temperature``
+    (``harden.policy.ClassifierPolicy``). ``archive_size``: members that left the
+    adversary's pool and are screened again at each refresh.
+    """
 
     steps: int = 600
-    lam: float = 0.1
+    lam: float = 0.3
     deploy_weight: float = 1.0
     batch_size: int = 128
     lr: float = 1e-3
@@ -70,11 +84,12 @@ class HardenSettings:
     deployment_floor: float = -28.0
     refresh_every: int = 10
     archive_size: int = 24
-    distill: float = 0.0
+    distill: float = 1.0
     distill_temperature: float = 4.0
     extra_steps: int | None = None
     check_every: int = 50
     check_budget: int = 20_000
+    checks_to_pass: int = 2
     family_target: float = -6.9
     eval_every: int = 100
     eval_budget: int = 20_000
@@ -98,6 +113,7 @@ class HardenSettings:
             "archive_size",
             "check_every",
             "check_budget",
+            "checks_to_pass",
             "eval_every",
             "eval_budget",
             "checkpoint_every",
@@ -347,7 +363,7 @@ def harden(
             return evaluation
 
         def stop(trace: Trace) -> bool:
-            return len(trace.steps) >= cfg.steps and target_met(trace.evals)
+            return len(trace.steps) >= cfg.steps and target_met(trace.evals, cfg.checks_to_pass)
 
         trace = train_loop(game, LoopSettings(most, cfg.lr, cfg.checkpoint_every), seed, fingerprint,
                            checkpoint_dir, resume, on_step, stop)
