@@ -40,9 +40,13 @@ def test_the_truth_is_the_mean_chance_and_the_run_resumes(task, tmp_path):
     assert second["estimates"][0] == est and [r["seed"] for r in second["estimates"]] == [0, 1]
     progress = json.loads((tmp_path / "smollm2_progress.json").read_text())
     assert progress["truth_pi"][:128] == saved["truth_pi"] and len(progress["truth_pi"]) == 512
-    assert len(second["baselines"]) == 2
-    for b in second["baselines"]:
-        assert b["truth_of_the_others"]["messages"] == 312
-        assert 0 <= b["plain_hits"] <= 200 and math.isfinite(b["forecast_worst_of_n"]["forecast_log10"])
+    assert len(second["plain_sampling"]) == 2
+    for b in second["plain_sampling"]:
+        assert b["truth_of_the_others"]["messages"] == 312 and 0 <= b["hits"] <= 200
+    assert [f["n"] for f in second["forecast"]] == [412] * 4
+    assert all(math.isfinite(f["forecast_log10"]) and f["observed_log10"] <= 0 for f in second["forecast"])
     report = (tmp_path / "smollm2.md").read_text()
     assert "| 1 |" in report and "Gumbel-tail" in report and (tmp_path / "smollm2.png").is_file()
+    (tmp_path / "smollm2.md").unlink()
+    assert lm_smollm2.report(tmp_path) == json.loads(json.dumps(second))  # from the progress file alone
+    assert (tmp_path / "smollm2.md").read_text() == report

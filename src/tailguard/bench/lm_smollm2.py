@@ -21,13 +21,13 @@ interval from thousands of messages instead of millions. It runs in chunks of
 TRUTH_CHUNK messages, each from its own seed, saved as they finish, so a stopped run
 resumes where it was.
 
-Beside ``tg.estimate`` (``auto``, BUDGET policy plus LM calls, one seed per run), two
-baselines get the same budget, BUDGET / 2 messages each, taken from disjoint groups of
+Beside ``tg.estimate`` (``auto``, BUDGET policy plus LM calls, one seed per run), plain
+sampling gets the same budget, BUDGET / 2 messages each, taken from disjoint groups of
 the truth's messages and compared with the truth of the other groups (so no group is
 judged by itself): plain sampling of (message, reply) pairs (one reply drawn per
-message, an exact Clopper-Pearson interval), and the Gumbel-tail forecast of Jones et
-al. (2025, ``lm.forecast``) of the worst of n messages' pi from the group's m, against
-the largest pi among n messages of the other groups.
+message, an exact Clopper-Pearson interval). The Gumbel-tail forecast of Jones et al.
+(2025, ``lm.forecast``) gets groups of FORECAST_MESSAGES messages' pi and forecasts the
+worst pi among the truth run's other messages, against the largest they have.
 """
 
 from __future__ import annotations
@@ -61,6 +61,9 @@ TRUTH_CHUNK = 64
 TRUTH_SEED = 10_000
 #: the largest scores the forecast fits (Jones et al. use the top 10 of m)
 FORECAST_TOP = 10
+#: messages each forecast sees, and how many disjoint groups of them are forecast from
+FORECAST_MESSAGES = 100
+FORECAST_GROUPS = 10
 
 
 @dataclass
@@ -136,13 +139,12 @@ def estimate_record(task: Task, token_ids: list[int], seed: int, budget: int = B
             "seconds": time.perf_counter() - start}
 
 
-def baselines(masses: list[float], budget: int = BUDGET, seed: int = 0,
-              confidence: float = 0.95) -> list[dict[str, Any]]:
-    """Plain sampling of replies and the Gumbel-tail forecast on each group of budget / 2 truth messages.
+def plain_baselines(masses: list[float], budget: int = BUDGET, seed: int = 0,
+                    confidence: float = 0.95) -> list[dict[str, Any]]:
+    """Plain sampling of replies on each group of budget / 2 truth messages, against the other groups' truth.
 
-    Each group is compared with the truth of the other groups: plain sampling draws one
-    reply per message (a hit with probability pi); the forecast extrapolates the group's
-    m values of pi to the worst of n = the other groups' size, against their largest pi.
+    One reply is drawn per message (a hit with probability pi): what ``mc`` at ``budget``
+    calls does, on messages already written.
     """
     pi = torch.as_tensor(masses, dtype=torch.float64)
     m = budget // 2
@@ -151,16 +153,28 @@ def baselines(masses: list[float], budget: int = BUDGET, seed: int = 0,
     for group in range(pi.numel() // m):
         inside = torch.zeros(pi.numel(), dtype=torch.bool)
         inside[group * m : (group + 1) * m] = True
-        mine, others = pi[inside], pi[~inside]
-        truth = truth_of(others, confidence)
-        hits = int((torch.rand(m, generator=g, dtype=torch.float64) < mine).sum())
+        hits = int((torch.rand(m, generator=g, dtype=torch.float64) < pi[inside]).sum())
         low, high = binomial_log_ci(hits, m, confidence)
-        worst = forecast_worst_query_risk(mine, others.numel(), FORECAST_TOP)
-        records.append({"group": group, "truth_of_the_others": truth, "plain_hits": hits,
-                        "plain_log10_p": to_log10(math.log(hits / m)) if hits else -math.inf,
-                        "plain_ci_log10": [to_log10(low), to_log10(high)],
-                        "forecast_worst_of_n": {"n": others.numel(), "forecast_log10": math.log10(worst),
-                                                "observed_log10": math.log10(float(others.max()))}})
+        others = truth_of(pi[~inside], confidence)
+        records.append({"group": group, "messages": m, "truth_of_the_others": others, "hits": hits,
+                        "log10_p": to_log10(math.log(hits / m)) if hits else -math.inf,
+                        "ci_log10": [to_log10(low), to_log10(high)]})
+    return records
+
+
+def forecast_baselines(masses: list[float], m: int = FORECAST_MESSAGES,
+                       groups: int = FORECAST_GROUPS) -> list[dict[str, Any]]:
+    """The Gumbel-tail forecast from each of ``groups`` groups of m messages' pi, of the worst pi among
+    the other n messages, beside the largest pi those n messages actually have."""
+    pi = torch.as_tensor(masses, dtype=torch.float64)
+    records = []
+    for group in range(min(groups, pi.numel() // m - 1)):
+        inside = torch.zeros(pi.numel(), dtype=torch.bool)
+        inside[group * m : (group + 1) * m] = True
+        others = pi[~inside]
+        worst = forecast_worst_query_risk(pi[inside], others.numel(), FORECAST_TOP)
+        records.append({"group": group, "m": m, "n": others.numel(), "forecast_log10": math.log10(worst),
+                        "observed_log10": math.log10(float(others.max()))})
     return records
 
 
@@ -197,20 +211,30 @@ def markdown(results: dict[str, Any]) -> str:
         lines += ["", "`mc` is what `auto` chose: its pilot's plain draws, each message's exact chance "
                   "averaged, had a relative standard error below 1 / sqrt(30), so the rest of the budget "
                   "went to more such draws rather than to `lm-is`'s steered proposal."]
-    rows = results["baselines"]
-    lines += ["", f"## Baselines at the same budget ({results['budget'] // 2:,} messages each), on disjoint "
-              "groups of the truth's messages, each against the truth of the other groups\n",
-              "| group | plain sampling of replies: hits | log10 P | 95 % CI | Gumbel-tail forecast of "
-              "the worst of n: log10 pi | observed worst of those n | n |",
-              "|---:|---:|---:|---|---:|---:|---:|"]
-    for b in rows:
-        f = b["forecast_worst_of_n"]
-        lines.append(f"| {b['group']} | {b['plain_hits']} | {b['plain_log10_p']:.2f} | "
-                     f"[{b['plain_ci_log10'][0]:.2f}, {b['plain_ci_log10'][1]:.2f}] | "
-                     f"{f['forecast_log10']:.2f} | {f['observed_log10']:.2f} | {f['n']:,} |")
-    lines += ["", "The forecast extrapolates the worst query's risk, not P[C]; it is shown beside the "
-              "estimate as the deployment-scale baseline, with what it predicts checked against the other "
-              f"groups' messages. Plot: smollm2.png. Total {results['seconds']:.0f} s on one CPU thread."]
+    lines += ["", f"## Plain sampling of replies at the same budget ({results['budget'] // 2:,} messages, "
+              "one reply each), on disjoint groups of the truth's messages, each against the truth of the "
+              "others\n",
+              "| group | hits | log10 P | 95 % CI | truth of the other messages |",
+              "|---:|---:|---:|---|---|"]
+    for b in results["plain_sampling"]:
+        other = b["truth_of_the_others"]
+        lines.append(f"| {b['group']} | {b['hits']} | {b['log10_p']:.2f} | [{b['ci_log10'][0]:.2f}, "
+                     f"{b['ci_log10'][1]:.2f}] | {other['log10_p']:.3f} ({other['messages']:,} messages) |")
+    forecasts = results["forecast"]
+    if forecasts:
+        gaps = sorted(f["forecast_log10"] - f["observed_log10"] for f in forecasts)
+        lines += ["", f"## The Gumbel-tail forecast (Jones et al. 2025), from {forecasts[0]['m']} messages "
+                  f"to the worst of the other {forecasts[0]['n']:,}\n",
+                  "It forecasts the worst message's pi, not P[C] (a mean over messages); each forecast "
+                  f"fits the top {FORECAST_TOP} of one group's pi and is checked against the largest pi "
+                  "among the other messages of the truth run.\n",
+                  "| group | forecast log10 worst pi | observed | forecast - observed |",
+                  "|---:|---:|---:|---:|",
+                  *[f"| {f['group']} | {f['forecast_log10']:.2f} | {f['observed_log10']:.2f} | "
+                    f"{f['forecast_log10'] - f['observed_log10']:+.2f} |" for f in forecasts],
+                  "", f"Median forecast - observed: {gaps[len(gaps) // 2]:+.2f} decades (range "
+                  f"{gaps[0]:+.2f} to {gaps[-1]:+.2f})."]
+    lines += ["", f"Plot: smollm2.png. Total {results['seconds']:.0f} s on one CPU thread."]
     return "\n".join(lines) + "\n"
 
 
@@ -230,12 +254,12 @@ def plot(results: dict[str, Any], path: Path) -> None:
         ax.errorbar(i, r["log10_p"], yerr=[[r["log10_p"] - low], [high - r["log10_p"]]], fmt="o",
                     color="C0", label="tg.estimate (auto)" if i == 0 else None)
     offset = len(results["estimates"]) + 1
-    for j, b in enumerate(results["baselines"]):
-        low, high = b["plain_ci_log10"]
-        centre = b["plain_log10_p"] if math.isfinite(b["plain_log10_p"]) else low
+    for j, b in enumerate(results["plain_sampling"]):
+        low, high = b["ci_log10"]
+        centre = b["log10_p"] if math.isfinite(b["log10_p"]) else low
         ax.plot([offset + j] * 2, [max(low, -8.0), high], color="C3",
                 label="plain sampling of replies" if j == 0 else None)
-        marker = "o" if math.isfinite(b["plain_log10_p"]) else "v"
+        marker = "o" if math.isfinite(b["log10_p"]) else "v"
         ax.plot(offset + j, max(centre, -8.0), marker, color="C3")
     ax.set(ylabel="log10 P[C]", xticks=[], title=f"SmolLM2 task, {results['budget']:,} calls per estimate")
     ax.legend(fontsize=8)
@@ -278,9 +302,19 @@ def run(out: Path, seeds: list[int], truth_messages: int, cache_dir: str | Path 
         say(f"seed {seed}: {json.dumps(records[-1])}")
     masses = state.setdefault("truth_pi", [])
     extend_truth(task, ids, masses, truth_messages, save)
-    results = {"length": task.users.length, "budget": budget, "choice": state["choice"],
-               "truth": truth_of(masses), "estimates": sorted(records, key=lambda r: r["seed"]),
-               "baselines": baselines(masses, budget), "seconds": state["seconds"]}
+    state.update({"length": task.users.length, "budget": budget})
+    save()
+    return report(out)
+
+
+def report(out: Path) -> dict[str, Any]:
+    """smollm2.{json,md,png} from what out/smollm2_progress.json holds (no model needed)."""
+    state = json.loads((out / "smollm2_progress.json").read_text())
+    masses, budget = state["truth_pi"], state.get("budget", BUDGET)
+    results = {"length": state.get("length", LENGTH), "budget": budget, "choice": state["choice"],
+               "truth": truth_of(masses), "estimates": sorted(state["estimates"], key=lambda r: r["seed"]),
+               "plain_sampling": plain_baselines(masses, budget), "forecast": forecast_baselines(masses),
+               "seconds": state["seconds"]}
     (out / "smollm2.json").write_text(json.dumps(results, indent=1))
     (out / "smollm2.md").write_text(markdown(results))
     plot(results, out / "smollm2.png")
