@@ -108,3 +108,22 @@ def test_search_reaches_the_heaviest_data_points_of_the_digits_case():
             best.setdefault(m.centre, m.log_density)
         for c in heaviest:
             assert c in best and best[c] >= found.modes[0].log_density - 3.0
+
+
+def test_a_small_search_finds_the_heavy_region_that_the_flattest_score_hides():
+    """Three regions, scales 1e3 / 1e-3 / 1: outside them the 1e-3 branch is nearest zero everywhere.
+
+    Steps from random starts follow it to a region 100x lighter than the heaviest one;
+    starts moved to the first failure on their ray reach all three (500 calls, every seed).
+    """
+    from tailguard.bench.stress import multi_scales_case
+
+    case = multi_scales_case(-5.0, regions=3)
+    weights = case.model[0].weight.detach().double()
+    directions = weights / weights.norm(dim=1, keepdim=True)
+    for seed in range(8):
+        found = modes.search(ScoreOracle(case.model, case.dist, case.spec), BaseSpace(case.dist), 500,
+                             torch.Generator().manual_seed(seed))
+        assert found.model_calls <= 500
+        regions = {int(torch.argmax(directions @ m.z)) for m in found.modes}
+        assert regions == {0, 1, 2}
