@@ -146,8 +146,7 @@ class ImportanceSampling:
         if space.is_mixture and self.mode_fraction > 0:
             # every data point is worth one screening call, up to a third of the budget
             pieces = space.centres().shape[0]
-            per_chain = modes.STEPS + 1 + modes.RAY_STEPS
-            search_budget = max(search_budget, min(pieces + 32 * per_chain, budget // 3))
+            search_budget = max(search_budget, min(pieces + 32 * modes.CALLS_PER_CHAIN, budget // 3))
         if search_budget < 50:
             return None
         return modes.search(oracle, space, search_budget, generator)
