@@ -147,3 +147,11 @@ def test_the_scan_s_trigger_area_is_its_patch_or_the_whole_image():
     blend = BlendFamily(torch.rand(3, 8, 8), 0.2, 0.03)
     report.witness = Witness(blend, blend.params_at(torch.ones(8, 8)))
     assert bench.scan_trigger_mask(report).sum() == 64
+    from tailguard.families.masked import MaskedPatternFamily
+
+    masked = MaskedPatternFamily(torch.rand(3, 8, 8), 4.0, 0.03)
+    logits = torch.full((8, 8), -50.0)
+    logits[2:4, 2:4] = 0.0
+    report.witness = Witness(masked, {"mask_logits": logits, "pattern_logits": torch.zeros(8, 8)})
+    area = bench.scan_trigger_mask(report)
+    assert torch.allclose(area[2:4, 2:4], torch.ones(2, 2)) and float(area.sum()) == pytest.approx(4.0)

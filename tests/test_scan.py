@@ -11,6 +11,7 @@ import tailguard as tg
 from tailguard.errors import BudgetError, InvalidArgumentError, ModelOutputError, ShapeMismatchError
 from tailguard.families.blend import BlendFamily
 from tailguard.families.channel_patch import ChannelPatchFamily
+from tailguard.families.masked import MaskedPatternFamily
 from tailguard.families.patch import PatchFamily
 from tailguard.families.warp import WarpFamily
 from tailguard.scan import TriggerSearch, default_searches, patch_search, warp_search
@@ -197,6 +198,30 @@ def test_warp_family_moves_every_channel_along_the_one_field():
         plain = WarpFamily(base[:, c], 1.0, 0.01).member(params).points
         assert torch.allclose(colour[:, c], plain, atol=1e-12)
     assert not torch.allclose(colour, base.double(), atol=1e-2)
+
+
+def test_masked_pattern_family_keeps_the_mask_within_its_area():
+    g = torch.Generator().manual_seed(0)
+    base = torch.rand(5, 8, 8, generator=g)
+    family = MaskedPatternFamily(base, area=6.0, noise_std=0.01)
+    for params in family.candidates(20, g):
+        mask = family.mask(params)
+        assert mask.shape == (8, 8) and float(mask.sum()) <= 6.0 + 1e-9 and float(mask.max()) <= 1.0
+    # a mask concentrated on six pixels writes the pattern there and leaves the rest alone
+    logits = torch.full((8, 8), -50.0)
+    logits[0, :6] = 0.0
+    params = {"mask_logits": logits, "pattern_logits": torch.full((8, 8), 50.0)}
+    points = family.member(params).points
+    assert torch.allclose(points[:, 0, :6], torch.ones(5, 6, dtype=points.dtype))
+    assert torch.allclose(points[:, 1:], base[:, 1:].double())
+    colour = MaskedPatternFamily(torch.rand(5, 3, 8, 8, generator=g), 6.0, 0.01)
+    assert colour.member(colour.candidates(1, g)[0]).points.shape == (5, 3, 8, 8)
+    assert "area at most 6 pixels" in family.constraint()
+    for bad in (0.0, 64.0, True):
+        with pytest.raises(InvalidArgumentError, match="area"):
+            MaskedPatternFamily(base, bad, 0.01)
+    with pytest.raises(ShapeMismatchError):
+        MaskedPatternFamily(torch.rand(5, 64), 6.0, 0.01)
 
 
 def test_channel_patch_family_writes_a_colour_patch_in_every_channel():

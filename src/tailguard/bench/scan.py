@@ -37,6 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import InvalidArgumentError, require_extra
+from ..families.masked import MaskedPatternFamily
 from ..families.patch import PatchFamily
 from ..scan import ScanReport, scan
 from .detectors import abs_scan, neural_cleanse
@@ -52,10 +53,12 @@ Detector = Callable[[nn.Module, Tensor, Tensor, int], Finding]
 
 
 def scan_trigger_mask(report: ScanReport) -> Tensor:
-    """The area (H, W) the scan's worst member changes: its patch, or the whole image."""
+    """The area (H, W) the scan's worst member changes: its patch, its mask, or the whole image."""
     family, params = report.witness.attack.family, report.witness.attack.params
     shape = family.event_shape[-2:]
     mask = torch.zeros(shape)
+    if isinstance(family, MaskedPatternFamily):
+        return family.mask(params).detach().float()
     if isinstance(family, PatchFamily):
         row, col, k = int(params["row"]), int(params["col"]), family.patch_size
         mask[row : row + k, col : col + k] = 1.0

@@ -5,6 +5,7 @@ from .base import Family, Params, detach_params
 from .blend import BlendFamily
 from .channel_patch import ChannelPatchFamily
 from .flow import FlowDistribution, FlowFamily
+from .masked import MaskedPatternFamily
 from .patch import PatchFamily, stamp
 from .shift import GaussianShift
 from .warp import WarpFamily
@@ -14,6 +15,7 @@ __all__ = [
     "ChannelPatchFamily",
     "WarpFamily",
     "Family",
+    "MaskedPatternFamily",
     "Params",
     "PatchFamily",
     "detach_params",

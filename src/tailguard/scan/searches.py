@@ -21,6 +21,7 @@ from ..families.ball import PerturbationBall
 from ..families.base import Family
 from ..families.blend import BlendFamily
 from ..families.channel_patch import ChannelPatchFamily
+from ..families.masked import MaskedPatternFamily
 from ..families.patch import PatchFamily
 from ..families.warp import WarpFamily
 
@@ -52,6 +53,11 @@ def patch_family(base: Tensor, size: int, noise_std: float) -> PatchFamily:
 def patch_search(size: int, noise_std: float = NOISE_STD) -> TriggerSearch:
     """Any size x size patch of any values at any place, in every channel of images that have channels."""
     return TriggerSearch(f"patch {size}x{size}", lambda base: patch_family(base, size, noise_std))
+
+
+def masked_search(area: float, noise_std: float = NOISE_STD) -> TriggerSearch:
+    """Any pattern written through a mask of any shape whose area is at most ``area`` pixels."""
+    return TriggerSearch(f"mask {area:g} px", lambda base: MaskedPatternFamily(base, area, noise_std))
 
 
 def blend_search(alpha: float, noise_std: float = NOISE_STD) -> TriggerSearch:
