@@ -42,7 +42,7 @@ def test_the_truth_is_the_mean_chance_and_the_run_resumes(task, tmp_path):
     assert progress["truth_pi"][:128] == saved["truth_pi"] and len(progress["truth_pi"]) == 512
     assert len(second["plain_sampling"]) == 2
     for b in second["plain_sampling"]:
-        assert b["truth_of_the_others"]["messages"] == 312 and 0 <= b["hits"] <= 200
+        assert b["messages"] == 200 and 0 <= b["hits"] <= 200
     assert [f["n"] for f in second["forecast"]] == [412] * 4
     assert all(math.isfinite(f["forecast_log10"]) and f["observed_log10"] <= 0 for f in second["forecast"])
     report = (tmp_path / "smollm2.md").read_text()
