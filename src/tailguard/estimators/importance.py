@@ -247,7 +247,7 @@ class ImportanceSampling:
         adapted, used = tuned._adapt(space, oracle.scores, budget, start, generator)
         # the final stage draws, scores and weighs where the model is; only (s, log_w) come back
         final = oracle.spread(lambda k: [WeightedDraws(space, adapted.proposal, n)
-                                         for n in shares(budget - used, k)], generator)
+                                         for n in shares(budget - used, k) if n], generator)
         s, log_w = (torch.cat(parts) for parts in zip(*final, strict=True))
         # an unnormalised D's estimated normaliser scales every weight: its error adds in quadrature
         allowance = math.hypot(self.misfit_allowance, space.normaliser_rel_se)
