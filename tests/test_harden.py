@@ -42,13 +42,17 @@ def test_harden_removes_the_planted_trigger_and_reports():
     _, family = toy_task()
     before = tg.attack(trigger_model(), tg.ClassIs(1), family, budget=30_000, method="mc")
     assert before.estimate.log10_p > -0.1
+    # the default final phase: after 40 steps, train on until a fresh search of the family meets the target
+    # (distillation to the backdoored start slows the removal: 40 steps alone leave the trigger in place)
     res = harden_toy(
         seed=0,
-        **{**FAST, "steps": 40, "eval_every": 20, "lr": 0.05},
+        **{**FAST, "steps": 40, "eval_every": 20, "lr": 0.05, "extra_steps": 160, "check_every": 10},
     )
     after = tg.attack(res.model, tg.ClassIs(1), family, budget=30_000, method="mc")
     assert after.estimate.log10_p < -3
-    assert len(res.report.steps) == 40 and [e["step"] for e in res.report.evals] == [20, 40]
+    done = len(res.report.steps)
+    assert 40 < done < 200 and [e["step"] for e in res.report.evals] == [20, *range(40, done + 1, 10)]
+    assert res.report.evals[-1]["family_check"]["met"] and not res.report.evals[1]["family_check"]["met"]
     trace = [s["adversary_log10_p"] for s in res.report.steps]
     assert max(trace) > -1 and trace[-1] < max(trace) - 2  # the adversary found it, then lost it
     assert res.report.model_calls > 0

@@ -14,7 +14,8 @@ from ._toy_backdoor import toy_task
 runner = CliRunner()
 TRUST = ["--trust-module", "tests._toy_backdoor"]
 
-SETTINGS = ("{ steps = 4, pool_size = 2, candidates = 9, samples = 32, eval_every = 2, eval_budget = 2000, "
+SETTINGS = ("{ steps = 4, extra_steps = 0, pool_size = 2, candidates = 9, samples = 32, eval_every = 2, "
+            "eval_budget = 2000, "
             'eval_method = "mc", held_out = 1, batch_size = 32, checkpoint_every = 2, judge_budget = 2000, '
             'judge_sampling_budget = 2000, judge_attack_budget = 6000, judge_attack_method = "mc" }')
 

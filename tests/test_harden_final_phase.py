@@ -8,7 +8,9 @@ from tailguard.harden.game import Game
 from ._toy_backdoor import flat_params
 from .test_harden import FAST, harden_toy
 
-PHASE = {**FAST, "steps": 4, "extra_steps": 40, "check_every": 6, "check_budget": 20_000, "lr": 0.05}
+# the stopping rule alone (distillation, which slows the toy trigger's removal, off)
+PHASE = {**FAST, "distill": 0.0, "steps": 4, "extra_steps": 60, "check_every": 6, "check_budget": 20_000,
+         "lr": 0.05}
 
 
 def checks(report):
@@ -19,11 +21,13 @@ def test_the_run_goes_on_until_the_family_check_meets_the_target_then_stops():
     res = harden_toy(seed=0, **PHASE)
     found = checks(res.report)
     assert found and [step for step, _ in found] == list(range(4, len(res.report.steps) + 1, 6))
-    *before, (last_step, last) = found
-    assert last["met"] and last_step == len(res.report.steps) < 44  # it stopped at the passing check
+    met = [c["met"] for _, c in found]
+    last_step, last = found[-1]
+    # it stopped at the second passing check in a row (checks_to_pass = 2), and not before
+    assert met[-2:] == [True, True] and last_step == len(res.report.steps) < 64
     assert last["ci_log10"][1] <= -6.9 / 2.302585
-    assert not any(c["met"] for _, c in before)
-    assert before, "the trigger should survive the first 4 steps, so the phase had work to do"
+    assert not any(a and b for a, b in zip(met[:-2], met[1:-1], strict=True))
+    assert not met[0], "the trigger should survive the first 4 steps, so the phase had work to do"
     assert res.report.model_calls >= sum(c["n_model_calls"] for _, c in found)
 
 
