@@ -128,6 +128,11 @@ def test_records_of_another_run_are_refused_not_resumed(tmp_path):
     with pytest.raises(InvalidArgumentError, match="another run"):
         bench.run_benchmark(entries, lambda e: nn.Identity(), chosen, images, labels, tmp_path,
                             fingerprint="b" * 64)
+    # another detector from another run joins the file; each keeps its own records
+    other = {"other": lambda model, images, labels, seed: (2.0, 1, None)}
+    both = bench.run_benchmark(entries, lambda e: nn.Identity(), other, images, labels, tmp_path,
+                               fingerprint="b" * 64)
+    assert bench.fingerprints(both) == {"ok": ["a" * 64], "other": ["b" * 64]}
     config = {"zoo_seed": 0, "source_sha256": bench.source_sha256()}
     assert bench.fingerprint_of(config) == bench.fingerprint_of(dict(reversed(config.items())))
     assert bench.fingerprint_of(config) != bench.fingerprint_of({**config, "zoo_seed": 1})

@@ -6,9 +6,10 @@ score, the suspected target, the overlap of the recovered trigger area with the
 true one and the seconds; records are appended to ``records.jsonl`` as they
 come, so an interrupted run resumes where it stopped. Every record carries the
 fingerprint of the run that made it (the settings, the zoo's manifest and the
-source of the package): a run refuses to resume records that another version of
-the code or other settings wrote, since mixing them would report detectors that
-no longer exist. The metrics, per trigger
+source of the package): a run refuses to resume a detector's records that another
+version of the code or other settings wrote, since mixing them would report a
+detector that no longer exists; detectors it does not run keep their records and
+the report lists each detector's fingerprint. The metrics, per trigger
 kind (each kind's trojaned models against all clean ones) and over the zoo:
 
 - AUROC: the chance that a trojaned model outscores a clean one (ties count half);
@@ -122,18 +123,36 @@ def run_one(entry: ZooEntry, model: nn.Module, name: str, detector: Detector,
     }
 
 
-def read_records(path: Path, fingerprint: str) -> list[dict[str, Any]]:
-    """The records of ``path`` (none if absent); InvalidArgumentError if any has another fingerprint."""
+def read_records(
+    path: Path, fingerprint: str, detectors: Sequence[str] | None = None
+) -> list[dict[str, Any]]:
+    """The records of ``path`` (none if absent), checked against this run's ``fingerprint``.
+
+    A detector's figures must all come from one run, so the records of the
+    ``detectors`` this run adds (default: every detector present) must carry its
+    fingerprint; InvalidArgumentError otherwise. Other detectors' records stay as
+    they are: each detector's metrics use its own records only.
+    """
     if not path.is_file():
         return []
     records = [json.loads(line) for line in path.read_text().splitlines()]
-    foreign = sorted({str(r.get("fingerprint")) for r in records} - {fingerprint})
+    mine = [r for r in records if detectors is None or r["detector"] in detectors]
+    foreign = sorted({str(r.get("fingerprint")) for r in mine} - {fingerprint})
     if foreign:
         raise InvalidArgumentError(
             f"{path} holds records of another run (fingerprint {', '.join(f[:12] for f in foreign)}, "
-            f"this run's {fingerprint[:12]}): other code or settings made them; move or delete the file"
+            f"this run's {fingerprint[:12]}) for the detectors this run adds: other code or settings "
+            "made them; move or delete the file"
         )
     return records
+
+
+def fingerprints(records: Sequence[dict[str, Any]]) -> dict[str, list[str]]:
+    """Each detector's run fingerprints (one per detector in a consistent file)."""
+    found: dict[str, set[str]] = {}
+    for r in records:
+        found.setdefault(r["detector"], set()).add(str(r.get("fingerprint")))
+    return {name: sorted(values) for name, values in found.items()}
 
 
 def run_benchmark(
@@ -149,11 +168,12 @@ def run_benchmark(
 ) -> list[dict[str, Any]]:
     """Every detector on every entry; records appended to OUT/records.jsonl, already present ones kept.
 
-    Present records must carry ``fingerprint`` (see ``read_records``); new ones are tagged with it.
+    Present records of the chosen detectors must carry ``fingerprint`` (see ``read_records``);
+    new ones are tagged with it.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / RECORDS
-    records = read_records(path, fingerprint)
+    records = read_records(path, fingerprint, list(chosen))
     done = {(r["model"], r["detector"]) for r in records}
     for entry in entries:
         todo = [name for name in chosen if (entry.name, name) not in done]
@@ -393,5 +413,5 @@ def run(
     records = run_benchmark(interleaved(entries)[index::count], lambda e: load_zoo_model(e, cache_dir),
                             chosen, images, labels, out_dir, seed=seed, progress=say,
                             fingerprint=fingerprint)
-    everything = read_records(out_dir / RECORDS, fingerprint) or records
-    return write_report(everything, out_dir, {**config, "fingerprint": fingerprint})
+    everything = read_records(out_dir / RECORDS, fingerprint, list(chosen)) or records
+    return write_report(everything, out_dir, {**config, "fingerprints": fingerprints(everything)})
