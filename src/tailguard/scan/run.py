@@ -142,8 +142,8 @@ class ScanReport:
         return "\n".join(lines)
 
 
-def _check_searches(searches: Sequence[TriggerSearch] | None, image_dims: int) -> list[TriggerSearch]:
-    chosen = default_searches(image_dims) if searches is None else list(searches)
+def _check_searches(searches: Sequence[TriggerSearch] | None) -> list[TriggerSearch]:
+    chosen = default_searches() if searches is None else list(searches)
     if not chosen or not all(isinstance(s, TriggerSearch) for s in chosen):
         raise InvalidArgumentError("searches must be a non-empty list of TriggerSearch")
     names = [s.name for s in chosen]
@@ -198,7 +198,7 @@ def scan(
     except TypeError as exc:
         raise InvalidArgumentError(f"unknown scan setting: {exc}") from exc
     x = check_images(images)
-    chosen = _check_searches(searches, x.dim() - 1)
+    chosen = _check_searches(searches)
     generator, seed_value = make_generator(seed)
     outputs, n_classes = clean_outputs(model, x)
     y = outputs.argmax(1) if labels is None else check_labels(labels, x.shape[0], n_classes)

@@ -73,18 +73,20 @@ def universal_search(epsilon: float, noise_std: float = NOISE_STD) -> TriggerSea
     )
 
 
-def default_searches(image_dims: int) -> list[TriggerSearch]:
-    """A 3x3 patch anywhere (for (N, H, W) images), a blend at 0.2 and a universal l-inf 0.1 perturbation.
+def default_searches() -> list[TriggerSearch]:
+    """A mask of at most 9 pixels of any shape, a blend at 0.2 and a universal l-inf 0.1 perturbation.
 
-    A k x k patch search holds every trigger patch of size k or less, and a larger
-    trigger usually answers in part to a piece of it. Larger patches and warps are
-    left out of the default because a clean model answers them too: on the digits,
-    optimised 5x5 patches send 97-100 % of a clean model's inputs to most classes
-    and a 1-pixel warp sends most of them to some class, so those searches rank the
-    classes of a clean model as unevenly as those of a trojaned one.
+    The masked family holds every patch trigger of 9 pixels or fewer, square
+    (every 3x3 patch) or not, and a larger trigger usually answers in part to 9 of
+    its pixels. On the trojan zoo of seed 0 (30 clean, 10 patch-trojaned models,
+    design note 009) it separated the patch triggers better than a 3x3 square
+    patch did, and better than masks of 6 or 12 pixels: 12 pixels, like square
+    4x4 and 5x5 patches, send every input of a clean digits model to some class,
+    so the search ranks the classes of a clean model as unevenly as those of a
+    trojaned one. Warps are left out for the same reason (a 1-pixel warp sends
+    most inputs of a clean model to some class).
     """
-    spatial = [patch_search(3)] if image_dims == 2 else []
-    return [*spatial, blend_search(0.2), universal_search(0.1)]
+    return [masked_search(9), blend_search(0.2), universal_search(0.1)]
 
 
 def warp_search(max_shift: float, noise_std: float = NOISE_STD) -> TriggerSearch:
