@@ -204,8 +204,7 @@ def test_masked_pattern_family_keeps_the_mask_within_its_area():
     base = torch.rand(5, 8, 8, generator=g)
     family = MaskedPatternFamily(base, area=6.0, noise_std=0.01)
     for params in family.candidates(20, g):
-        mask = family.mask(params)
-        mask = mask.detach()
+        mask = family.mask(params).detach()
         assert mask.shape == (8, 8) and float(mask.sum()) <= 6.0 + 1e-9 and float(mask.max()) <= 1.0
     # a mask concentrated on six pixels writes the pattern there and leaves the rest alone
     logits = torch.full((8, 8), -50.0)

@@ -9,9 +9,11 @@ their estimate (an optimised patch of that size sends every input to them) and,
 per trojaned model, where its planted class ranks at each size. It is the
 evidence behind the default patch size of ``tailguard.scan`` (design note 009).
 
-Usage: OMP_NUM_THREADS=1 python benchmarks/scan/patch_sizes.py [--zoo-seed S] [--summarise]
+Usage: OMP_NUM_THREADS=1 python benchmarks/scan/patch_sizes.py [--zoo-seed S] [--areas A ...] [--summarise]
 (records: benchmarks/scan/patch-sizes/zoo-seed<S>.jsonl, resumed if present; the
-summary: the .md beside it. About 36 minutes for the seed-0 zoo on a shared 2-CPU machine.)
+summary: the .md beside it. About 36 minutes for the seed-0 zoo on a shared 2-CPU machine.
+With --areas 6 9 12: masked searches of those areas (masks-zoo-seed<S>.jsonl and .md),
+judged beside the blend and universal cells of the patch-size records.)
 """
 
 import argparse
@@ -23,7 +25,7 @@ from pathlib import Path
 import torch
 
 from tailguard.bench import trojan_zoo as tz
-from tailguard.scan import blend_search, patch_search, scan, universal_search
+from tailguard.scan import TriggerSearch, blend_search, masked_search, patch_search, scan, universal_search
 from tailguard.scan.score import robust_z
 
 SIZES = (1, 2, 3, 4, 5)
@@ -31,12 +33,11 @@ CALLS_PER_CELL = 12_000
 OUT = Path("benchmarks/scan/patch-sizes")
 
 
-def collect(zoo_seed: int, path: Path) -> None:
+def collect(zoo_seed: int, path: Path, searches: list[TriggerSearch]) -> None:
     """Append one record per clean or patch-trojaned model that ``path`` does not hold yet."""
     cache = tz.default_cache_dir(zoo_seed)
     entries = tz.build_zoo(cache, seed=zoo_seed, progress=False)
     images, labels = tz.scan_inputs(200, seed=0)
-    searches = [*(patch_search(k) for k in SIZES), blend_search(0.2), universal_search(0.1)]
     done = {json.loads(line)["model"] for line in path.read_text().splitlines()} if path.is_file() else set()
     for entry in entries:
         if entry.name in done or (entry.trojaned and entry.trigger_kind != "patch"):
@@ -150,16 +151,51 @@ def summarise(path: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def summarise_masks(path: Path, sizes_path: Path) -> str:
+    """Masked searches of several areas, each beside the blend and universal cells of ``sizes_path``."""
+    masks = {r["model"]: r for r in map(json.loads, path.read_text().splitlines())}
+    sizes = {r["model"]: r for r in map(json.loads, sizes_path.read_text().splitlines())}
+    models = [m for m in masks if m in sizes]
+    clean = [m for m in models if not masks[m]["trojaned"]]
+    trojans = [m for m in models if masks[m]["trojaned"]]
+    searches = list(dict.fromkeys(c["search"] for c in masks[models[0]]["cells"]))
+    title = f"# Masked searches on {sizes_path.stem}: {len(clean)} clean, {len(trojans)} patch-trojaned"
+    lines = [title,
+             "", "Largest robust z over a mask search of the given area, the blend 0.2 and the universal "
+             "linf 0.1 search (the last two from the patch-size records).", "",
+             "| mask search | AUROC | clean models' largest | trojaned models |", "|---|---|---|---|"]
+    others = ["blend 0.2", "universal linf 0.1"]
+    for search in ["patch 3x3", *searches]:
+        def score(m: str, search: str = search) -> float:
+            source = masks[m] if search in searches else sizes[m]
+            return max(max(_row(source, search, "z")), *(max(_row(sizes[m], o, "z")) for o in others))
+        negative, positive = [score(m) for m in clean], [score(m) for m in trojans]
+        lines.append(f"| {search} | {auroc(positive, negative):.3f} | {max(negative):.2f} | "
+                     + " ".join(f"{v:.1f}" for v in positive) + " |")
+    return "\n".join(lines) + "\n"
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--zoo-seed", type=int, default=0)
     parser.add_argument("--summarise", action="store_true", help="only rebuild the summary")
+    parser.add_argument("--areas", type=float, nargs="+", default=None,
+                        help="masked searches of these areas instead of the patch sizes")
     args = parser.parse_args()
     torch.set_num_threads(1)
     OUT.mkdir(parents=True, exist_ok=True)
     records = OUT / f"zoo-seed{args.zoo_seed}.jsonl"
-    if not args.summarise:
-        collect(args.zoo_seed, records)
-    summary = summarise(records)
-    records.with_suffix(".md").write_text(summary)
+    if args.areas is None:
+        if not args.summarise:
+            collect(args.zoo_seed, records,
+                    [*(patch_search(k) for k in SIZES), blend_search(0.2), universal_search(0.1)])
+        summary = summarise(records)
+        target = records.with_suffix(".md")
+    else:
+        masked = OUT / f"masks-zoo-seed{args.zoo_seed}.jsonl"
+        if not args.summarise:
+            collect(args.zoo_seed, masked, [masked_search(a) for a in args.areas])
+        summary = summarise_masks(masked, records)
+        target = masked.with_suffix(".md")
+    target.write_text(summary)
     print(summary)
