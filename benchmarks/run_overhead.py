@@ -46,16 +46,21 @@ def main(out: Path) -> None:
     for method in ("mc", "is", "splitting", "auto"):
         est = tg.estimate(model, dist, tg.ClassIs(3), method=method, budget=BUDGET, seed=0)
         alone = forward_seconds(model, est.n_model_calls, 64)
-        rows.append((method, est.log10_p, est.n_model_calls, est.seconds, alone))
+        rows.append((method, est, alone))
     lines = [
         f"# Estimator overhead ({n_params:,}-parameter MLP, {BUDGET:,}-call budget, torch threads: "
         f"{torch.get_num_threads()})",
         "",
-        "| method | log10 p | model calls | estimate seconds | model-only seconds | ratio |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| method | log10 p | 95 % CI | trusted | model calls | estimate s | model-only s | ratio |",
+        "|---|---:|---|---|---:|---:|---:|---:|",
     ]
-    for method, lp, calls, secs, alone in rows:
-        lines.append(f"| {method} | {lp:.2f} | {calls:,} | {secs:.2f} | {alone:.2f} | {secs / alone:.2f} |")
+    for method, est, alone in rows:
+        low, high = est.ci_log10
+        trusted = "yes" if est.trusted else "no"
+        ratio = est.seconds / alone
+        lines.append(f"| {method} | {est.log10_p:.2f} | [{low:.2f}, {high:.2f}] | {trusted} "
+                     f"| {est.n_model_calls:,} | {est.seconds:.2f} | {alone:.2f} | {ratio:.2f} |")
+    lines += ["", "Warnings:", ""] + [f"- {method}: {w}" for method, est, _ in rows for w in est.warnings]
     text = "\n".join(lines) + "\n"
     (out / "overhead.md").write_text(text)
     print(text)
