@@ -77,3 +77,13 @@ def test_a_sharper_unusable_estimate_inside_the_interval_becomes_the_point():
     alone = combine([Candidate("splitting", wide)], pilot(), 10_000, CONF)
     assert out.log_p == sharp.log_p
     assert out.ci == alone.ci and out.trusted
+
+
+def test_agreeing_methods_with_a_lopsided_interval_give_one_no_wider_than_the_narrower():
+    lp = -9.0 * LN10
+    lopsided = Outcome(lp, (lp - 0.2, lp + 0.6))  # an upper end that allows a heavier tail
+    broad = Outcome(lp + 0.3, (lp + 0.3 - 2.0, lp + 0.3 + 2.0))
+    out = combine([Candidate("is", lopsided), Candidate("splitting", broad)], pilot(), 10_000, CONF)
+    assert out.diagnostics["combined_by"] == "agreement"
+    assert width(out) <= width(lopsided)
+    assert out.log_p - out.ci[0] < out.ci[1] - out.log_p  # the shape is kept

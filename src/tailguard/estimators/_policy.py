@@ -12,7 +12,8 @@ spot, but each usually sees the other's. The rules (docs/design/006-interval-pol
    evidence that there is at least that much probability.
 2. Two usable methods that agree (their log estimates differ by less than
    DISAGREEMENT_Z standard deviations of the difference) are combined by inverse
-   variance in log space: the interval is narrower than either alone.
+   variance in log space, each side of the interval on its own: the interval is
+   narrower than either alone.
 3. Usable methods that disagree give an interval spanning all estimates, centred on
    the largest usable one (missing mass is the common failure), marked not trusted,
    and said so. An unusable method whose estimate lies above the usable interval
@@ -107,14 +108,24 @@ def _inverse_variance(usable: Sequence[Candidate], confidence: float) -> Outcome
         own = only.outcome.assumes or "its error estimate"
         return Outcome(only.outcome.log_p, only.outcome.ci, {"rule": "single"},
                        assumes=f"{only.name}'s own interval holds: {own}")
-    z = float(stats.norm.ppf(0.5 + confidence / 2))
     sds = [max(log_sd(c.outcome, confidence), 1e-12) for c in usable]
     weights = [1.0 / sd**2 for sd in sds]
     log_p = sum(w * c.outcome.log_p for w, c in zip(weights, usable, strict=True)) / sum(weights)
-    sd = 1.0 / math.sqrt(sum(weights))
+    below = _combined_half([c.outcome.log_p - c.outcome.ci[0] for c in usable])
+    above = _combined_half([c.outcome.ci[1] - c.outcome.log_p for c in usable])
     names = " and ".join(c.name for c in usable)
-    return Outcome(log_p, (log_p - z * sd, min(log_p + z * sd, 0.0)), {"rule": "agreement"},
+    return Outcome(log_p, (log_p - below, min(log_p + above, 0.0)), {"rule": "agreement"},
                    assumes=f"{names} agree; the interval combines their sampling errors")
+
+
+def _combined_half(halves: Sequence[float]) -> float:
+    """One side's half-width of agreeing methods combined by inverse variance: 1 / sqrt(sum 1 / h^2).
+
+    Each side is combined on its own, so that an interval made asymmetric on purpose
+    (importance sampling's upper end allows a heavier weight tail than was drawn) keeps
+    its shape, and the combined interval is never wider than the narrower method's.
+    """
+    return 1.0 / math.sqrt(sum(1.0 / max(h, 1e-12) ** 2 for h in halves))
 
 
 def _sharper_point(result: Outcome, finite: Sequence[Candidate], confidence: float) -> Outcome:
