@@ -8,7 +8,6 @@ calls (1e4 shows the time it needs to match OpenTURNS at 3e5); the other methods
 included, with 3 seeds at 3e4 and 3e5 model calls.
 """
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 import torch
 
 from tailguard.bench import preset_cases, run_estimation_benchmark, write_report
+from tailguard.report.log import read_log
 
 BUDGETS = (30_000, 300_000)
 AUTO_BUDGETS = (10_000, *BUDGETS)
@@ -39,8 +39,7 @@ def main(out: Path, auto_only: bool = False) -> None:
     )
     others = ["is", "splitting", "moments", "mc", "openturns-subset", "openturns-ce"]
     if auto_only:  # the other methods do not depend on auto's policy: keep their committed records
-        kept = (json.loads(line) for line in (out / "estimation.jsonl").read_text().splitlines())
-        records += [r for r in kept if r["method"] in others]
+        records += [r for r in read_log(out / "estimation.json")[1] if r["method"] in others]
     else:
         records += run_estimation_benchmark(
             methods=others, cases=cases, budgets=BUDGETS, seeds=range(3), progress=progress
