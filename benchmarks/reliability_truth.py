@@ -30,7 +30,8 @@ import numpy as np
 import torch
 from scipy import integrate, special, stats
 
-from tailguard.bench.reliability import PROBLEMS_BY_NAME, LimitStateModel
+from tailguard.bench.reliability import LimitStateModel
+from tailguard.bench.reliability_problems import PROBLEMS_BY_NAME
 
 OTBENCHMARK_P = {  # otbenchmark 0.2.1's getProbability(), on OpenTURNS 1.27
     "RP8": 0.0007897927545598118, "RP14": 0.00077285, "RP22": 0.004207305511299618,

@@ -13,6 +13,7 @@ import torch
 
 import tailguard as tg
 from tailguard.bench import reliability as rel
+from tailguard.bench import reliability_problems as problems
 from tailguard.bench.runner import base_record
 from tailguard.errors import MissingExtraError
 from tailguard.oracle import model_dtype_device
@@ -35,11 +36,11 @@ def ot():
 
 # --- the ports ----------------------------------------------------------------------------------
 def test_every_otbenchmark_problem_is_ported_or_left_out(otb) -> None:
-    classes = [p.otbenchmark_class for p in rel.PROBLEMS]
+    classes = [p.otbenchmark_class for p in problems.PROBLEMS]
     assert len(set(classes)) == len(classes)
-    assert len(classes) + len(rel.LEFT_OUT) == OTBENCHMARK_PROBLEMS
+    assert len(classes) + len(problems.LEFT_OUT) == OTBENCHMARK_PROBLEMS
     assert all(hasattr(otb, c) for c in classes)
-    assert set(rel.TRUTHS) == set(rel.PROBLEMS_BY_NAME)
+    assert set(rel.TRUTHS) == set(problems.PROBLEMS_BY_NAME)
 
 
 @pytest.mark.parametrize("case", rel.reliability_cases(), ids=lambda c: c.name)
@@ -59,7 +60,7 @@ def test_case_builds_in_standard_space_in_float64(case) -> None:
     assert torch.equal(pickle.loads(pickle.dumps(case.model))(z), y)  # sweeps ship cases to workers
 
 
-@pytest.mark.parametrize("problem", rel.PROBLEMS, ids=lambda p: p.name)
+@pytest.mark.parametrize("problem", problems.PROBLEMS, ids=lambda p: p.name)
 def test_torch_port_matches_openturns(problem, otb, ot) -> None:
     """Score t - g(T^-1(z)) in torch against OpenTURNS' function of its own inverse
     isoprobabilistic transform, at N(0, 2^2 I) points (wider than D, to reach the tails)."""
@@ -77,7 +78,7 @@ def test_torch_port_matches_openturns(problem, otb, ot) -> None:
     np.testing.assert_allclose(score, score_ot, rtol=1e-8, atol=1e-8 * np.abs(score_ot).max())
 
 
-@pytest.mark.parametrize("problem", rel.PROBLEMS, ids=lambda p: p.name)
+@pytest.mark.parametrize("problem", problems.PROBLEMS, ids=lambda p: p.name)
 def test_port_is_differentiable(problem) -> None:
     z = torch.randn(64, problem.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
     z.requires_grad_(True)
@@ -86,7 +87,7 @@ def test_port_is_differentiable(problem) -> None:
 
 
 def test_gumbel_inverse_cdf_is_exact_in_both_tails() -> None:
-    gumbel = rel.Gumbel(1500.0, 350.0)
+    gumbel = problems.Gumbel(1500.0, 350.0)
     beta, gamma = gumbel.scale_location()
     z = torch.tensor([-30.0, -5.0, 0.0, 5.0, 7.99, 8.01, 20.0, 40.0], dtype=torch.float64)
     x = gumbel.from_normal(z)
