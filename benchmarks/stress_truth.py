@@ -1,13 +1,13 @@
 """Recompute the truth of the trained stress cases by plain sampling; print the constants.
 
-The trained margin network (tailguard.bench.stress.trained_margin) has no closed form,
+The trained margin network (tailguard.bench.stress_trained.trained_margin) has no closed form,
 so its catastrophe probability is counted by brute force, x ~ N(0, I_8), in float64:
 
     python benchmarks/stress_truth.py --calibrate 100000000   # thresholds at p ~ 1e-5, 1e-6
     python benchmarks/stress_truth.py --draws 500000000       # hits at the recorded thresholds
 
 Calibration uses a different seed from the truth run, so the recorded hit counts are
-an unbiased count at fixed thresholds. Paste the printed dictionaries into stress.py.
+an unbiased count at fixed thresholds. Paste the printed dictionaries into stress_trained.py.
 About a million draws per second on one CPU core.
 """
 
@@ -20,7 +20,7 @@ import time
 import torch
 
 from tailguard._logspace import binomial_log_ci, to_log10
-from tailguard.bench import stress
+from tailguard.bench import stress_trained as stress
 
 TARGETS = {"1e-5": 1e-5, "1e-6": 1e-6}
 

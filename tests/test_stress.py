@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from tailguard._logspace import binomial_log_ci, to_log10
-from tailguard.bench import stress
+from tailguard.bench import stress, stress_trained
 from tailguard.bench.cases import Case
 
 KINDS = {"two-scales", "multi-scales", "many-regions", "high-dim", "needle", "non-smooth",
@@ -175,17 +175,18 @@ def test_ill_conditioned_covariance_and_independent_constraints(suite: list[Case
 
 # --- the trained network --------------------------------------------------------------------
 def test_trained_network_reproduces_the_recorded_outputs() -> None:
-    fresh = stress.margin_network(stress.train_classifier())  # retrained, not the cached model
+    # retrained, not the cached model
+    fresh = stress_trained.margin_network(stress_trained.train_classifier())
     with torch.no_grad():
-        margins = fresh(stress.trained_probes())[:, 0]
-    recorded = torch.tensor(stress.TRAINED_PROBE_MARGINS, dtype=torch.float64)
+        margins = fresh(stress_trained.trained_probes())[:, 0]
+    recorded = torch.tensor(stress_trained.TRAINED_PROBE_MARGINS, dtype=torch.float64)
     assert torch.allclose(margins, recorded, rtol=0.0, atol=1e-9)
     with torch.no_grad():
-        assert torch.equal(stress.trained_margin()(stress.trained_probes())[:, 0], margins)
+        assert torch.equal(stress_trained.trained_margin()(stress_trained.trained_probes())[:, 0], margins)
 
 
 def test_trained_truth_is_its_clopper_pearson_record(suite: list[Case]) -> None:
-    for key, record in stress.TRAINED_TRUTH.items():
+    for key, record in stress_trained.TRAINED_TRUTH.items():
         case = _by_name(suite, f"stress/trained-mlp8-{key}")
         hits, draws = int(record["hits"]), int(record["draws"])
         assert draws >= 100_000_000 and hits >= 100

@@ -24,13 +24,17 @@ from functools import lru_cache
 
 import numpy as np
 import torch
-from scipy import optimize, special
+from scipy import special
 from torch import Tensor, nn
 
 from ..dists import Gaussian
 from ..dists.base import Distribution
 from ..specs import ClassIs, OutputAbove, Spec
 from . import truth
+from .building import find_root, linear_layer, orthonormal_rows, standard_normal, tail_z
+
+#: root tolerances the recorded benchmark cases were built with (scipy's brentq defaults for rtol)
+RECORDED_TOLERANCES = {"xtol": 1e-4, "rtol": 4 * np.finfo(float).eps}
 
 
 @dataclass(frozen=True, eq=False)
@@ -65,30 +69,10 @@ class MaxOut(nn.Module):
         return y.max(dim=1, keepdim=True).values
 
 
-def _linear(weight: Tensor, bias: Tensor | None = None) -> nn.Linear:
-    """A float64 Linear layer with exactly these parameters: weight (out, in), bias (out,)."""
-    layer = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, dtype=torch.float64)
-    with torch.no_grad():
-        layer.weight.copy_(weight)
-        if bias is not None:
-            layer.bias.copy_(bias)
-    return layer
-
-
-def _orthonormal_rows(k: int, d: int, g: torch.Generator) -> Tensor:
-    """(k, d) with orthonormal rows, from the QR of a Gaussian matrix."""
-    q, _ = torch.linalg.qr(torch.randn(d, k, generator=g, dtype=torch.float64))
-    return q.T.contiguous()
-
-
-def _exact(name: str, family: str, model: nn.Module, dist: Distribution, spec: Spec,
-           log10_p: float, source: str) -> Case:
+def exact_case(name: str, family: str, model: nn.Module, dist: Distribution, spec: Spec,
+               log10_p: float, source: str) -> Case:
+    """A case whose truth is exact: its interval is the point."""
     return Case(name, family, model, dist, spec, log10_p, (log10_p, log10_p), source)
-
-
-def _isf_of_log10(log10_p: float) -> float:
-    """z with P[N(0,1) > z] = 10**log10_p, accurate for tiny p."""
-    return -float(special.ndtri_exp(log10_p * math.log(10.0)))
 
 
 def linear_case(target_log10_p: float, d: int = 20, seed: int = 0) -> Case:
@@ -100,20 +84,20 @@ def linear_case(target_log10_p: float, d: int = 20, seed: int = 0) -> Case:
     mean = 0.5 * torch.randn(d, generator=g, dtype=torch.float64)
     w = torch.randn(d, generator=g, dtype=torch.float64)
     sd = math.sqrt(float(w @ cov @ w))
-    t = float(w @ mean) + sd * _isf_of_log10(target_log10_p)
-    model = nn.Sequential(_linear(w[None, :]))
+    t = float(w @ mean) + sd * tail_z(target_log10_p)
+    model = nn.Sequential(linear_layer(w[None, :]))
     exact = truth.linear_log10_p(w.numpy(), -t, mean.numpy(), cov.numpy())
-    return _exact(f"linear/{target_log10_p:g}", "linear", model, Gaussian(mean, cov=cov),
+    return exact_case(f"linear/{target_log10_p:g}", "linear", model, Gaussian(mean, cov=cov),
                   OutputAbove(0, t), exact, "exact: Phi((w.mu - t) / sqrt(w' cov w))")
 
 
 def and_case(target_log10_p: float, k: int = 3, d: int = 10, seed: int = 1) -> Case:
     """All of k orthonormal projections of x ~ N(0, I_d) exceed a."""
     g = torch.Generator().manual_seed(seed)
-    a = _isf_of_log10(target_log10_p / k)
-    model = nn.Sequential(_linear(_orthonormal_rows(k, d, g)), MinOut())
-    dist = Gaussian(torch.zeros(d, dtype=torch.float64))
-    return _exact(f"and/{target_log10_p:g}", "and", model, dist, OutputAbove(0, a),
+    a = tail_z(target_log10_p / k)
+    model = nn.Sequential(linear_layer(orthonormal_rows(k, d, g)), MinOut())
+    dist = standard_normal(d)
+    return exact_case(f"and/{target_log10_p:g}", "and", model, dist, OutputAbove(0, a),
                   truth.and_halfspaces_log10_p(a, k), f"exact: Phi(-a)^{k}")
 
 
@@ -123,15 +107,10 @@ def or_case(target_log10_p: float, m: int = 4, d: int = 10, seed: int = 2) -> Ca
     log_p = target_log10_p * math.log(10.0)
     tail = -math.expm1(math.log(-math.expm1(log_p)) / m) if log_p > -30 else math.exp(log_p) / m
     t = -float(special.ndtri(tail))
-    model = nn.Sequential(_linear(_orthonormal_rows(m, d, g)), MaxOut())
-    dist = Gaussian(torch.zeros(d, dtype=torch.float64))
-    return _exact(f"or/{target_log10_p:g}", "or", model, dist, OutputAbove(0, t),
+    model = nn.Sequential(linear_layer(orthonormal_rows(m, d, g)), MaxOut())
+    dist = standard_normal(d)
+    return exact_case(f"or/{target_log10_p:g}", "or", model, dist, OutputAbove(0, t),
                   truth.or_directions_log10_p(t, m), f"exact: 1 - (1 - Phi(-t))^{m}")
-
-
-def _root(fn: Callable[[float], float], target: float, lo: float, hi: float) -> float:
-    """x in [lo, hi] with fn(x) = target (fn monotone), to a tolerance far below case noise."""
-    return float(optimize.brentq(lambda x: fn(x) - target, lo, hi, xtol=1e-4))
 
 
 def relusum_case(target_log10_p: float, d: int = 6, seed: int = 3) -> Case:
@@ -140,12 +119,13 @@ def relusum_case(target_log10_p: float, d: int = 6, seed: int = 3) -> Case:
     a = 0.5 + torch.rand(d, generator=g, dtype=torch.float64)
     c = torch.rand(d, generator=g, dtype=torch.float64) - 0.5
     an, cn = a.numpy(), c.numpy()
-    t = _root(lambda s: truth.relu_sum_log10_p(an, cn, s, n_grid=400), target_log10_p, 0.05, 40.0)
+    t = find_root(lambda s: truth.relu_sum_log10_p(an, cn, s, n_grid=400), target_log10_p, 0.05, 40.0,
+                  "ReLU sum", **RECORDED_TOLERANCES)
     low, high = truth.relu_sum_log10_bounds(an, cn, t)
     model = nn.Sequential(
-        _linear(torch.eye(d, dtype=torch.float64), -c), nn.ReLU(), _linear(a[None, :])
+        linear_layer(torch.eye(d, dtype=torch.float64), -c), nn.ReLU(), linear_layer(a[None, :])
     )
-    dist = Gaussian(torch.zeros(d, dtype=torch.float64))
+    dist = standard_normal(d)
     return Case(f"relusum/{target_log10_p:g}", "relusum", model, dist, OutputAbove(0, t),
                 0.5 * (low + high), (low, high),
                 "numerical: lattice convolution, certified bounds (truth.relu_sum_log10_bounds)")
@@ -158,7 +138,7 @@ def _random_classifier(seed: int) -> nn.Sequential:
     for fan_in, fan_out in ((2, 16), (16, 16), (16, 2)):
         w = torch.randn(fan_out, fan_in, generator=g, dtype=torch.float64) / math.sqrt(fan_in)
         b = 0.1 * torch.randn(fan_out, generator=g, dtype=torch.float64)
-        layers += [_linear(w, b), nn.ReLU()]
+        layers += [linear_layer(w, b), nn.ReLU()]
     return nn.Sequential(*layers[:-1])
 
 
@@ -194,11 +174,11 @@ def polar_case(target_log10_p: float, seed: int = 7) -> Case:
     def coarse(s: float) -> float:
         return truth.polar_log10_p(score, s * v, n_angles=256, n_radii=400, bisection_steps=15)
 
-    s = _root(coarse, target_log10_p, 0.0, 14.0)
+    s = find_root(coarse, target_log10_p, 0.0, 14.0, "polar margin", **RECORDED_TOLERANCES)
     mean = s * v
     exact = truth.polar_log10_p(score, mean)
     dist = Gaussian(torch.from_numpy(mean))
-    return _exact(f"polar/{target_log10_p:g}", "polar", model, dist, ClassIs(1), exact,
+    return exact_case(f"polar/{target_log10_p:g}", "polar", model, dist, ClassIs(1), exact,
                   "numerical: polar integration (truth.polar_log10_p)")
 
 

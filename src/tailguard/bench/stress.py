@@ -23,27 +23,27 @@ Kinds (``Case.family``):
  thin             a slab of width 1e-3 far out (difference of Phi); a thin chi-square shell.
  ill-conditioned  N(mu, Sigma) with cond(Sigma) = 1e4: a linear failure and an AND of two
                   Sigma-orthogonal half-spaces (independent projections, so exact).
- trained          a trained 8-32-32-1 margin network above a threshold, x ~ N(0, I_8); truth by
-                  plain sampling (benchmarks/stress_truth.py), Clopper-Pearson interval.
+ trained          (bench.stress_trained) a trained 8-32-32-1 margin network above a threshold,
+                  x ~ N(0, I_8); truth by plain sampling (benchmarks/stress_truth.py), Clopper-Pearson.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from functools import lru_cache
 
 import torch
-from scipy import optimize, special, stats
+from scipy import stats
 from torch import Tensor, nn
 
-from .._logspace import LN10, binomial_log_ci, log1mexp, log_ndtr, logmeanexp, to_log10
+from .._logspace import LN10, log1mexp, log_ndtr, logmeanexp, to_log10
 from ..dists import Gaussian, NoisyEmpirical
 from ..dists.base import Distribution
 from ..errors import InvalidArgumentError
 from ..specs import OutputAbove, Spec
-from .cases import Case, MaxOut, MinOut
+from .building import find_root, linear_layer, orthonormal_rows, standard_normal, tail_z, target_label
+from .cases import Case, MaxOut, MinOut, exact_case
+from .stress_trained import trained_case
 
 # --- score heads: fixed, parameter-free modules after a linear read-out ---------------------
 
@@ -104,56 +104,14 @@ class SquaredNorm(nn.Module):
 # --- small helpers ----------------------------------------------------------------------------
 
 
-def _affine(weight: Tensor, bias: Tensor) -> nn.Linear:
-    """A float64 Linear layer with exactly these parameters: weight (out, in), bias (out,)."""
-    layer = nn.Linear(weight.shape[1], weight.shape[0], dtype=torch.float64)
-    with torch.no_grad():
-        layer.weight.copy_(weight)
-        layer.bias.copy_(bias)
-    return layer
-
-
-def _orthonormal(k: int, d: int, g: torch.Generator) -> Tensor:
-    """(k, d) with orthonormal rows: the Q of a Gaussian (d, k) matrix, transposed."""
-    q, _ = torch.linalg.qr(torch.randn(d, k, generator=g, dtype=torch.float64))
-    return q.T.contiguous()
-
-
-def _standard(d: int) -> Gaussian:
-    """N(0, I_d), the D of every case that does not need another."""
-    return Gaussian(torch.zeros(d, dtype=torch.float64))
-
-
-def _tail_z(log10_q: float) -> float:
-    """z with P[N(0,1) > z] = 10**log10_q, accurate for tiny q."""
-    return -float(special.ndtri_exp(log10_q * LN10))
-
-
 def _log10_tail(z: float) -> float:
     """log10 P[N(0,1) > z]."""
     return to_log10(float(log_ndtr(torch.tensor(-z, dtype=torch.float64))))
 
 
-def _label(target_log10_p: float) -> str:
-    """The target as it appears in case names: -6.0 -> "1e-6"."""
-    return f"1e{target_log10_p:g}"
-
-
-def _root(fn: Callable[[float], float], target: float, lo: float, hi: float, what: str) -> float:
-    """x in [lo, hi] with fn(x) = target for a monotone fn; a clear error if out of reach."""
-    f_lo, f_hi = fn(lo) - target, fn(hi) - target
-    if f_lo * f_hi > 0:
-        raise InvalidArgumentError(
-            f"target_log10_p={target:g} is out of reach for this {what} "
-            f"(log10 p runs from {fn(lo):.3g} to {fn(hi):.3g})"
-        )
-    return float(optimize.brentq(lambda x: fn(x) - target, lo, hi, xtol=1e-13, rtol=1e-13))
-
-
 def _exact(name: str, family: str, model: nn.Module, dist: Distribution, spec: Spec,
            log10_p: float, source: str) -> Case:
-    return Case(f"stress/{family}-{name}", family, model, dist, spec, log10_p,
-                (log10_p, log10_p), source)
+    return exact_case(f"stress/{family}-{name}", family, model, dist, spec, log10_p, source)
 
 
 # --- OR of orthogonal half-spaces with per-region scale and mass -----------------------------
@@ -175,17 +133,17 @@ def _or_case(name: str, family: str, target_log10_p: float, scales: tuple[float,
     s = torch.tensor(scales, dtype=torch.float64)
     m = torch.tensor(masses, dtype=torch.float64)
     log10_q = target_log10_p + torch.log10(m / m.sum())
-    a = torch.tensor([_tail_z(float(q)) for q in log10_q], dtype=torch.float64)
-    u = _orthonormal(len(scales), d, g)
-    model = nn.Sequential(_affine(s[:, None] * u, -s * a), MaxOut())
+    a = torch.tensor([tail_z(float(q)) for q in log10_q], dtype=torch.float64)
+    u = orthonormal_rows(len(scales), d, g)
+    model = nn.Sequential(linear_layer(s[:, None] * u, -s * a), MaxOut())
     source = f"exact: 1 - prod_i Phi(a_i) over {len(scales)} orthogonal half-spaces"
-    return _exact(name, family, model, _standard(d), OutputAbove(0, 0.0), _log10_or(a), source)
+    return _exact(name, family, model, standard_normal(d), OutputAbove(0, 0.0), _log10_or(a), source)
 
 
 def two_scales_case(target_log10_p: float, mass_ratio: float = 100.0, d: int = 10,
                     seed: int = 101) -> Case:
     """max(1000 (u1.x - a1), 0.001 (u2.x - a2)): the steep region holds 1 / (1 + mass_ratio)."""
-    return _or_case(_label(target_log10_p), "two-scales", target_log10_p, (1e3, 1e-3),
+    return _or_case(target_label(target_log10_p), "two-scales", target_log10_p, (1e3, 1e-3),
                     (1.0, mass_ratio), d, seed)
 
 
@@ -203,19 +161,19 @@ def multi_scales_case(target_log10_p: float, regions: int = 4, d: int = 12,
     if regions not in _MULTI_SCALES:
         raise InvalidArgumentError(f"regions must be one of {sorted(_MULTI_SCALES)}, got {regions!r}")
     scales, masses = _MULTI_SCALES[regions]
-    return _or_case(f"{regions}regions-{_label(target_log10_p)}", "multi-scales", target_log10_p,
+    return _or_case(f"{regions}regions-{target_label(target_log10_p)}", "multi-scales", target_log10_p,
                     scales, masses, d, seed)
 
 
 def many_regions_case(target_log10_p: float, m: int = 20, seed: int = 103) -> Case:
     """OR of m equally likely orthogonal directions in d = 2m: more modes than a small mixture."""
-    return _or_case(f"or{m}-{_label(target_log10_p)}", "many-regions", target_log10_p,
+    return _or_case(f"or{m}-{target_label(target_log10_p)}", "many-regions", target_log10_p,
                     (1.0,) * m, (1.0,) * m, 2 * m, seed)
 
 
 def spread_or_case(target_log10_p: float, m: int = 100, d: int = 500, seed: int = 104) -> Case:
     """OR of m orthogonal directions in high dimension d: failure spread thinly over many modes."""
-    return _or_case(f"or{m}-d{d}-{_label(target_log10_p)}", "high-dim", target_log10_p,
+    return _or_case(f"or{m}-d{d}-{target_label(target_log10_p)}", "high-dim", target_log10_p,
                     (1.0,) * m, (1.0,) * m, d, seed)
 
 
@@ -226,8 +184,8 @@ def norm_case(target_log10_p: float, d: int = 200) -> Case:
     """||x||^2 > t under N(0, I_d): a failure set that is no half-space, spread over every direction."""
     t = float(stats.chi2.isf(10.0**target_log10_p, d))
     exact = float(stats.chi2.logsf(t, d)) / LN10
-    return _exact(f"norm-d{d}-{_label(target_log10_p)}", "high-dim", nn.Sequential(SquaredNorm()),
-                  _standard(d), OutputAbove(0, t), exact, f"exact: chi-square({d}) tail, scipy logsf")
+    return _exact(f"norm-d{d}-{target_label(target_log10_p)}", "high-dim", nn.Sequential(SquaredNorm()),
+                  standard_normal(d), OutputAbove(0, t), exact, f"exact: chi-square({d}) tail, scipy logsf")
 
 
 # --- a needle in a noisy empirical distribution ---------------------------------------------
@@ -257,10 +215,10 @@ def needle_case(target_log10_p: float, d: int = 16, n_points: int = 1000, radius
     points, w = _needle_points(n_points, d, radius, g)
     dist = NoisyEmpirical(points, torch.tensor(sigma, dtype=torch.float64))  # not float32 0.1
     proj = points @ w
-    t = _root(lambda s: needle_log10_p(proj, s, sigma), target_log10_p, float(proj.min()),
+    t = find_root(lambda s: needle_log10_p(proj, s, sigma), target_log10_p, float(proj.min()),
               radius + 40 * sigma, "needle")
-    model = nn.Sequential(_affine(w[None, :], torch.tensor([-t], dtype=torch.float64)))
-    return _exact(f"d{d}-{_label(target_log10_p)}", "needle", model, dist,
+    model = nn.Sequential(linear_layer(w[None, :], torch.tensor([-t], dtype=torch.float64)))
+    return _exact(f"d{d}-{target_label(target_log10_p)}", "needle", model, dist,
                   OutputAbove(0, 0.0), needle_log10_p(proj, t, sigma),
                   f"exact: mean over {n_points} components of Phi((w.c_k - t) / sigma)")
 
@@ -271,10 +229,10 @@ def needle_case(target_log10_p: float, d: int = 16, n_points: int = 1000, radius
 def staircase_case(target_log10_p: float, step: float = 1.0, d: int = 10, seed: int = 106) -> Case:
     """floor((u.x - b) / step) > -1/2, i.e. u.x >= b: a half-space behind plateaus ``step`` wide."""
     g = torch.Generator().manual_seed(seed)
-    u = _orthonormal(1, d, g)
-    b = _tail_z(target_log10_p)
-    model = nn.Sequential(_affine(u / step, torch.tensor([-b / step], dtype=torch.float64)), Floor())
-    return _exact(f"staircase-{_label(target_log10_p)}", "non-smooth", model, _standard(d),
+    u = orthonormal_rows(1, d, g)
+    b = tail_z(target_log10_p)
+    model = nn.Sequential(linear_layer(u / step, torch.tensor([-b / step], dtype=torch.float64)), Floor())
+    return _exact(f"staircase-{target_label(target_log10_p)}", "non-smooth", model, standard_normal(d),
                   OutputAbove(0, -0.5), _log10_tail(b), "exact: Phi(-b) (floor keeps the half-space)")
 
 
@@ -284,12 +242,12 @@ def jump_case(target_log10_p: float, jump: float = 4.0, d: int = 10, seed: int =
     Catastrophe iff u.x > b (v.x >= 0) or u.x > b + jump (v.x < 0); independent, so exact.
     """
     g = torch.Generator().manual_seed(seed)
-    uv = _orthonormal(2, d, g)
-    b = _tail_z(target_log10_p + math.log10(2.0))
-    model = nn.Sequential(_affine(uv, torch.tensor([-b, 0.0], dtype=torch.float64)), JumpAcross(jump))
+    uv = orthonormal_rows(2, d, g)
+    b = tail_z(target_log10_p + math.log10(2.0))
+    model = nn.Sequential(linear_layer(uv, torch.tensor([-b, 0.0], dtype=torch.float64)), JumpAcross(jump))
     halves = log_ndtr(torch.tensor([-b, -b - jump], dtype=torch.float64))
     exact = to_log10(float(torch.logsumexp(halves, dim=0)) - math.log(2.0))
-    return _exact(f"jump-{_label(target_log10_p)}", "non-smooth", model, _standard(d),
+    return _exact(f"jump-{target_label(target_log10_p)}", "non-smooth", model, standard_normal(d),
                   OutputAbove(0, 0.0), exact, "exact: (Phi(-b) + Phi(-b - jump)) / 2")
 
 
@@ -301,11 +259,12 @@ def decoy_case(target_log10_p: float, peak: float = 1.5, gap: float = 1e-4, slop
     where the score reaches -gap; the failure v.x > b has gradient ``slope``.
     """
     g = torch.Generator().manual_seed(seed)
-    u, v = _orthonormal(2, d, g)
-    b = _tail_z(target_log10_p)
-    layer = _affine(torch.stack([u, slope * v]), torch.tensor([-peak, -slope * b], dtype=torch.float64))
-    return _exact(_label(target_log10_p), "decoy", nn.Sequential(layer, DecoyMax(gap)), _standard(d),
-                  OutputAbove(0, 0.0), _log10_tail(b), "exact: Phi(-b) (the decoy term is < 0)")
+    u, v = orthonormal_rows(2, d, g)
+    b = tail_z(target_log10_p)
+    layer = linear_layer(torch.stack([u, slope * v]), torch.tensor([-peak, -slope * b], dtype=torch.float64))
+    return _exact(target_label(target_log10_p), "decoy", nn.Sequential(layer, DecoyMax(gap)),
+                  standard_normal(d), OutputAbove(0, 0.0), _log10_tail(b),
+                  "exact: Phi(-b) (the decoy term is < 0)")
 
 
 # --- thin regions ---------------------------------------------------------------------------
@@ -320,12 +279,12 @@ def slab_log10_p(centre: float, half_width: float) -> float:
 def slab_case(target_log10_p: float, width: float = 1e-3, d: int = 10, seed: int = 109) -> Case:
     """c - w/2 < u.x < c + w/2 with c far out: a slab too thin for a smooth proposal to fit."""
     g = torch.Generator().manual_seed(seed)
-    u = _orthonormal(1, d, g)
+    u = orthonormal_rows(1, d, g)
     h = 0.5 * width
-    c = _root(lambda s: slab_log10_p(s, h), target_log10_p, h, 40.0, "slab width")
-    model = nn.Sequential(_affine(u, torch.zeros(1, dtype=torch.float64)), Band(c, h))
-    return _exact(f"slab-{_label(target_log10_p)}", "thin", model, _standard(d), OutputAbove(0, 0.0),
-                  slab_log10_p(c, h), "exact: Phi(h - c) - Phi(-c - h)")
+    c = find_root(lambda s: slab_log10_p(s, h), target_log10_p, h, 40.0, "slab width")
+    model = nn.Sequential(linear_layer(u, torch.zeros(1, dtype=torch.float64)), Band(c, h))
+    return _exact(f"slab-{target_label(target_log10_p)}", "thin", model, standard_normal(d),
+                  OutputAbove(0, 0.0), slab_log10_p(c, h), "exact: Phi(h - c) - Phi(-c - h)")
 
 
 def shell_log10_p(centre: float, half_width: float, d: int) -> float:
@@ -337,9 +296,9 @@ def shell_log10_p(centre: float, half_width: float, d: int) -> float:
 def shell_case(target_log10_p: float, width: float = 0.05, d: int = 20) -> Case:
     """c - w/2 < ||x||^2 < c + w/2 far in the tail: a thin shell, no half-space and no mode."""
     h = 0.5 * width
-    c = _root(lambda s: shell_log10_p(s, h, d), target_log10_p, float(d), 50.0 * d, "shell width")
+    c = find_root(lambda s: shell_log10_p(s, h, d), target_log10_p, float(d), 50.0 * d, "shell width")
     model = nn.Sequential(SquaredNorm(), Band(c, h))
-    return _exact(f"shell-d{d}-{_label(target_log10_p)}", "thin", model, _standard(d),
+    return _exact(f"shell-d{d}-{target_label(target_log10_p)}", "thin", model, standard_normal(d),
                   OutputAbove(0, 0.0), shell_log10_p(c, h, d),
                   f"exact: difference of chi-square({d}) survival functions")
 
@@ -351,7 +310,7 @@ def _eigen_basis(d: int, cond: float, g: torch.Generator) -> tuple[Tensor, Tenso
     """Orthonormal eigenvectors as rows (d, d) and eigenvalues (d,) log-spaced, ascending,
     over a ratio of ``cond``."""
     half = 0.5 * math.log10(cond)
-    return _orthonormal(d, d, g), torch.logspace(-half, half, d, dtype=torch.float64)
+    return orthonormal_rows(d, d, g), torch.logspace(-half, half, d, dtype=torch.float64)
 
 
 def _independent_normals(k: int, lam: Tensor, g: torch.Generator) -> Tensor:
@@ -388,136 +347,13 @@ def ill_conditioned_case(target_log10_p: float, k: int = 1, d: int = 20, cond: f
     mean = 0.5 * torch.randn(d, generator=g, dtype=torch.float64)
     w = _independent_normals(k, lam, g) @ q
     sd = torch.sqrt(torch.einsum("id,de,ie->i", w, cov, w))
-    t = w @ mean + sd * _tail_z(target_log10_p / k)
-    layers: list[nn.Module] = [_affine(w, -t)] + ([MinOut()] if k > 1 else [])
+    t = w @ mean + sd * tail_z(target_log10_p / k)
+    layers: list[nn.Module] = [linear_layer(w, -t)] + ([MinOut()] if k > 1 else [])
     exact = to_log10(float(log_ndtr(-(t - w @ mean) / sd).sum()))
     kind = "linear" if k == 1 else f"and{k}"
-    return _exact(f"{kind}-{_label(target_log10_p)}", "ill-conditioned", nn.Sequential(*layers),
+    return _exact(f"{kind}-{target_label(target_log10_p)}", "ill-conditioned", nn.Sequential(*layers),
                   Gaussian(mean, cov=cov), OutputAbove(0, 0.0), exact,
                   "exact: prod_i Phi(-(t_i - w_i.mu) / sd_i), Sigma-orthogonal w_i")
-
-
-# --- a trained network, truth by plain sampling ---------------------------------------------
-
-TRAINED_DIM = 8
-
-#: margin thresholds, from benchmarks/stress_truth.py --calibrate 50000000 (another seed)
-TRAINED_THRESHOLDS: dict[str, float] = {"1e-5": 50.84, "1e-6": 56.62}
-
-#: output of benchmarks/stress_truth.py --draws 400000000 (781 s on one core): plain sampling
-#: of N(0, I_8). 1e-5: log10 p = -5.0024, 95 % Clopper-Pearson (-5.0160, -4.9889);
-#: 1e-6: log10 p = -6.0292, (-6.0744, -5.9852)
-TRAINED_TRUTH: dict[str, dict[str, int]] = {
-    "1e-5": {"hits": 3978, "draws": 400_000_000},
-    "1e-6": {"hits": 374, "draws": 400_000_000},
-}
-TRAINED_TRUTH_SEED = 20_240_611
-
-#: the margin network's outputs on trained_probes() when the truth was computed
-TRAINED_PROBE_MARGINS: tuple[float, ...] = (
-    7.383071025151397, 35.79768242110548, 27.19309729064089,
-    34.77059488299459, 8.06310941122001, 4.764349196494186,
-)
-
-
-@contextmanager
-def _one_thread() -> Iterator[None]:
-    """Run on one CPU thread, restored afterwards: reductions in one fixed order (and faster
-    for tiny matrices), so that training gives the same weights on any thread count."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-def trained_task(n: int = 2000, seed: int = 111) -> tuple[Tensor, Tensor]:
-    """Inputs x ~ N(0, I_8) (n, 8) and labels (n,): 1 iff x0 x1 + sin(2 x2) + x3^2 / 2 - x4 / 2 > 1/2."""
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, TRAINED_DIM, generator=g, dtype=torch.float64)
-    f = x[:, 0] * x[:, 1] + torch.sin(2 * x[:, 2]) + 0.5 * x[:, 3] ** 2 - 0.5 * x[:, 4]
-    return x, (f > 0.5).long()
-
-
-def _init_mlp(widths: tuple[int, ...], g: torch.Generator) -> nn.Sequential:
-    """ReLU MLP in float64 with N(0, 1/fan_in) weights and zero biases."""
-    layers: list[nn.Module] = []
-    for fan_in, fan_out in zip(widths[:-1], widths[1:], strict=True):
-        w = torch.randn(fan_out, fan_in, generator=g, dtype=torch.float64) / math.sqrt(fan_in)
-        layers += [_affine(w, torch.zeros(fan_out, dtype=torch.float64)), nn.ReLU()]
-    return nn.Sequential(*layers[:-1])
-
-
-def train_classifier(seed: int = 112, steps: int = 300, lr: float = 1e-2) -> nn.Sequential:
-    """8 -> 32 -> 32 -> 2 ReLU classifier, full-batch Adam in float64 on one thread (~2 s)."""
-    x, y = trained_task()
-    model = _init_mlp((TRAINED_DIM, 32, 32, 2), torch.Generator().manual_seed(seed))
-    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=1e-3)
-    with _one_thread():
-        for _ in range(steps):
-            loss = nn.functional.cross_entropy(model(x), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    return model.eval()
-
-
-def margin_network(classifier: nn.Sequential) -> nn.Sequential:
-    """The classifier with its last layer (2 logits) folded into one output, logit_1 - logit_0.
-
-    Still Linear/ReLU only, so every estimator (moments included) can take it.
-    """
-    head = classifier[-1]
-    assert isinstance(head, nn.Linear)
-    with torch.no_grad():
-        diff = _affine(head.weight[1:] - head.weight[:1], head.bias[1:] - head.bias[:1])
-    return nn.Sequential(*list(classifier.children())[:-1], diff).requires_grad_(False).eval()
-
-
-@lru_cache(maxsize=1)
-def trained_margin() -> nn.Sequential:
-    """The trained case's model, (n, 8) -> (n, 1) (cached: training takes seconds)."""
-    return margin_network(train_classifier())
-
-
-def trained_probes() -> Tensor:
-    """Fixed inputs (6, 8) on which a rebuilt model must reproduce TRAINED_PROBE_MARGINS."""
-    return 2.0 * torch.randn(6, TRAINED_DIM, generator=torch.Generator().manual_seed(113),
-                             dtype=torch.float64)
-
-
-def count_exceedances(model: nn.Module, thresholds: list[float], n: int, seed: int,
-                      batch: int = 1 << 18, keep: int = 4096) -> tuple[list[int], Tensor]:
-    """Hits of model(x) > t for each threshold among n draws of N(0, I_8), in float64 batches.
-
-    Also returns the ``keep`` largest scores seen, descending (for calibrating thresholds).
-    """
-    g = torch.Generator().manual_seed(seed)
-    hits = [0] * len(thresholds)
-    top = torch.empty(0, dtype=torch.float64)
-    with torch.no_grad():
-        for start in range(0, n, batch):
-            score = model(torch.randn(min(batch, n - start), TRAINED_DIM, generator=g,
-                                      dtype=torch.float64))[:, 0]
-            for i, t in enumerate(thresholds):
-                hits[i] += int((score > t).sum())
-            top = torch.cat([top, score]).topk(min(keep, len(top) + len(score))).values
-    return hits, top
-
-
-def trained_case(target_log10_p: float) -> Case:
-    """The margin network above the threshold recorded for p ~ 10**target (1e-5 or 1e-6)."""
-    key = _label(target_log10_p)
-    if key not in TRAINED_TRUTH:
-        raise InvalidArgumentError(f"target_log10_p must be one of -5, -6 for the trained case, got {key}")
-    hits, draws = TRAINED_TRUTH[key]["hits"], TRAINED_TRUTH[key]["draws"]
-    low, high = binomial_log_ci(hits, draws, 0.95)
-    source = (f"plain sampling: {hits} hits in {draws:,} draws, seed {TRAINED_TRUTH_SEED} "
-              "(benchmarks/stress_truth.py), 95 % Clopper-Pearson")
-    return Case(f"stress/trained-mlp8-{key}", "trained", trained_margin(), _standard(TRAINED_DIM),
-                OutputAbove(0, TRAINED_THRESHOLDS[key]), math.log10(hits / draws),
-                (to_log10(low), to_log10(high)), source)
 
 
 # --- the suite ------------------------------------------------------------------------------
