@@ -13,8 +13,15 @@ the references start and clean only for tasks OUT has none of yet), every
 judged model's weights go to OUT/weights/ with their SHA-256 in the record, and the
 report (OUT/harden.{json,md,png,html}) is rewritten from all the records after each run.
 One torch thread per process.
+
+.venv/bin/python benchmarks/run_harden.py OUT --rejudge [TASK:LABELS:SEEDS ...]
+
+judges kept runs again with the current judge, from their weights in OUT/weights/ (checked
+against the records' SHA-256), without retraining; LABELS are the records' method labels
+(``harden``, ``harden@6568c7e``, ``start``). Each record is replaced in OUT/records.jsonl.
 """
 
+import dataclasses
 import json
 import sys
 import time
@@ -23,7 +30,7 @@ from pathlib import Path
 import torch
 
 from tailguard.bench.harden_report import write_harden_report
-from tailguard.bench.hardening import METHODS, run_harden_benchmark
+from tailguard.bench.hardening import METHODS, TASKS, rejudge, run_harden_benchmark
 from tailguard.harden.judge import JudgeSettings
 
 STEPS = 600
@@ -43,8 +50,8 @@ def main(out: Path, runs: list[str]) -> None:
     torch.set_num_threads(1)
     out.mkdir(parents=True, exist_ok=True)
     log = out / "records.jsonl"
-    config = {"steps": STEPS, "judge": JUDGE.__dict__, "runs": runs}
-    earlier = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    config = {"steps": STEPS, "judge": dataclasses.asdict(JUDGE), "runs": runs}
+    earlier = read_records(log)
     seen = {r["task"] for r in earlier if r["method"] == "start"}
     for run in runs:
         task, methods, seeds, *rest = run.split(":")
@@ -62,9 +69,44 @@ def main(out: Path, runs: list[str]) -> None:
                              judge_settings=JUDGE, weights_dir=out / "weights", progress=print,
                              on_record=keep, references=first, harden_settings=overrides)
         print(f"{run}: {time.perf_counter() - started:.0f} s")
-        records = [json.loads(line) for line in log.read_text().splitlines()]
-        print(write_harden_report(records, out, config))
+        print(write_harden_report(read_records(log), out, config))
+
+
+def read_records(log: Path) -> list[dict]:
+    return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+
+
+def write_records(log: Path, records: list[dict]) -> None:
+    """Rewrite the log whole (through a temporary file, so a killed run leaves the old one)."""
+    partial = log.with_suffix(".partial")
+    partial.write_text("".join(json.dumps(r) + "\n" for r in records))
+    partial.replace(log)
+
+
+def main_rejudge(out: Path, runs: list[str]) -> None:
+    torch.set_num_threads(1)
+    log = out / "records.jsonl"
+    config = {"steps": STEPS, "judge": dataclasses.asdict(JUDGE), "runs": runs}
+    tasks = {}
+    for run in runs:
+        task_name, labels, seeds = run.split(":")
+        for i, record in enumerate(read_records(log)):
+            chosen = record["task"] == task_name and record["method"] in labels.split(",")
+            if not chosen or record["seed"] not in seeds_of(seeds) or record.get("status") == "skipped":
+                continue
+            started = time.perf_counter()
+            task = tasks.setdefault(task_name, TASKS[task_name]())
+            records = read_records(log)
+            records[i] = rejudge(record, task, out / "weights", JUDGE)
+            write_records(log, records)
+            print(f"{task_name} {record['method']} seed {record['seed']} rejudged: "
+                  f"{time.perf_counter() - started:.0f} s", flush=True)
+    print(write_harden_report(read_records(log), out, config))
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]) if len(sys.argv) > 1 else Path("benchmarks/harden"), sys.argv[2:] or DEFAULT)
+    folder = Path(sys.argv[1]) if len(sys.argv) > 1 else Path("benchmarks/harden")
+    if sys.argv[2:3] == ["--rejudge"]:
+        main_rejudge(folder, sys.argv[3:])
+    else:
+        main(folder, sys.argv[2:] or DEFAULT)

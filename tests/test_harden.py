@@ -10,6 +10,7 @@ from torch import nn
 
 import tailguard as tg
 from tailguard.harden.checkpoint import FILE_NAME, load_checkpoint
+from tailguard.harden.judge import figure_of
 
 from ._toy_backdoor import flat_params, toy_task, trigger_model
 
@@ -198,9 +199,12 @@ def test_every_report_carries_an_independent_verdict_beside_the_training_judge()
         assert row["splitting"]["method"] == "splitting" and row["sampling"]["method"] == "mc"
         assert row["verdict"]["ci_log10"][1] <= row["sampling"]["ci_log10"][1]  # never above mc's exact bound
     attacks = v["attacks"]
-    assert attacks[0]["in_threat_model"] and not any(a["in_threat_model"] for a in attacks[1:])
+    # the training family by two kinds of search, then the broader families
+    assert [a["in_threat_model"] for a in attacks[:2]] == [True, True]
+    assert not any(a["in_threat_model"] for a in attacks[2:])
     assert {"1x1 patches", "3x3 patches", "4x4 patches"} <= {a["family"] for a in attacks}
-    assert v["worst_in_threat_model_log10_p"] == attacks[0]["log10_p"] < -2  # the trigger is gone
+    assert v["worst_in_threat_model_log10_p"] == max(figure_of(a) for a in attacks[:2]) < -2  # trigger gone
+    assert v["unresolved"] == [n for n, row in v["distributions"].items() if not row["verdict"]["resolved"]]
     assert v["disagreements"] == [n for n, row in v["distributions"].items() if not row["agree"]]
     markdown = res.report.markdown()
     assert "training judge (is)" in markdown and "Fresh attacks" in markdown

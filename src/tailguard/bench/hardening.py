@@ -18,6 +18,7 @@ the same budget:
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import time
 from collections.abc import Callable
@@ -31,13 +32,14 @@ from torch import Tensor, nn
 from ..dists.base import Distribution
 from ..dists.empirical import NoisyEmpirical
 from ..dists.gaussian import Gaussian
-from ..errors import InvalidArgumentError, UnsupportedError
+from ..errors import InvalidArgumentError, UnsupportedError, WeightsError
 from ..families.base import Family
 from ..families.patch import PatchFamily
 from ..families.shift import GaussianShift
 from ..harden import harden
 from ..harden.baselines import BASELINES, run_baseline
 from ..harden.judge import JudgeSettings, verdict
+from ..io import load_weights
 from ..specs import ClassIs, Spec
 from ..tasks import digits, policy
 from ..tasks.out_of_family import ring_trigger
@@ -182,6 +184,29 @@ def keep_weights(model: nn.Module, folder: Path, name: str) -> dict[str, str]:
     path = folder / f"{name}.safetensors"
     save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(path))
     return {"path": path.name, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+
+
+def rejudge(record: dict[str, Any], task: HardenTask, weights_dir: Path, settings: JudgeSettings
+            ) -> dict[str, Any]:
+    """A kept run judged again from its weights, without retraining: the record with a new verdict.
+
+    The weights file must hash to the record's SHA-256 (``WeightsError`` otherwise), so the
+    new figures are those of the model the old ones came from. Everything but the judgement
+    (training time, settings, hash) is kept; ``rejudged`` marks the record.
+    """
+    kept = record.get("weights")
+    if not kept:
+        raise WeightsError(f"{record['task']} {record['method']} seed {record['seed']} kept no weights")
+    path = weights_dir / kept["path"]
+    if not path.is_file():
+        raise WeightsError(f"the weights of {record['task']} {record['method']} seed {record['seed']} "
+                           f"are not in {weights_dir} ({kept['path']})")
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if digest != kept["sha256"]:
+        raise WeightsError(f"{path} hashes to {digest[:12]}, not the record's {kept['sha256'][:12]}: "
+                           "it is not the model the record judged")
+    model = load_weights(copy.deepcopy(task.start_model), path)
+    return {**record, **judge(model, task, settings, record["seed"]), "rejudged": True}
 
 
 def run_harden_benchmark(

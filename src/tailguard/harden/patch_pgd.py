@@ -11,11 +11,17 @@ gradient ascent on the spec's smooth catastrophe surrogate, clamped to [0, 1].
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor, nn
 
+from ..attack import check_positive_float, check_positive_int
+from ..estimate import estimate
+from ..families.base import Params, detach_params
 from ..families.patch import PatchFamily
-from ..oracle import eval_mode
+from ..oracle import eval_mode, model_dtype_device
+from ..result import Estimate
 from ..specs import Spec
 from .policy import Batch, safe_rows
 
@@ -100,3 +106,73 @@ class PatchPGD:
             "adversarial_loss": float(loss.detach()),
             "adversary_success": float(caught.float().mean()),
         }
+
+
+@dataclass(frozen=True)
+class PatternSearch:
+    """Settings of ``pattern_attack``: ``steps`` signed-gradient steps of ``step_size`` on each
+    position's pattern, ``images`` base images a step, ``finalists`` patterns judged by plain
+    sampling with ``draws`` each."""
+
+    steps: int = 40
+    step_size: float = 0.05
+    images: int = 64
+    finalists: int = 3
+    draws: int = 50_000
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "images", "finalists", "draws"):
+            check_positive_int(getattr(self, name), name)
+        check_positive_float(self.step_size, "step_size")
+
+
+def pattern_attack(model: nn.Module, spec: Spec, family: PatchFamily, search: PatternSearch,
+                   seed: int) -> tuple[list[tuple[Params, Estimate]], int]:
+    """The worst k x k pattern found at every position of ``family``, judged by plain sampling.
+
+    A search of another kind than ``tailguard.attack`` (which screens random
+    members and refines a few by Adam on ln mean exp(soft)): every position is
+    tried, and each pattern climbs the *mean* of ``spec.soft`` over fresh base
+    images by signed gradient steps (universal-perturbation PGD restricted to the
+    square). The ``finalists`` best by hit rate on a fresh batch are estimated by
+    plain sampling, whose exact interval depends on no proposal or surrogate.
+    Returns ((parameters, estimate) of every finalist, model calls).
+    """
+    g = torch.Generator().manual_seed(seed)
+    positions = family.positions
+    masks = position_masks(family, positions)[:, None].double()  # (P, 1, H, W)
+    k = family.patch_size
+    values = torch.rand(len(positions), 1, *family.event_shape, generator=g, dtype=torch.float64)
+    calls = 0
+
+    def stamped(patterns: Tensor) -> Tensor:
+        """(P, m, H, W): fresh base images with each position's pattern and the family's noise."""
+        rows = torch.randint(len(family.base), (search.images,), generator=g)
+        base = family.base[rows].unsqueeze(0)
+        noise = family.noise_std * torch.randn(len(positions), *base.shape[1:], generator=g,
+                                               dtype=torch.float64)
+        return base * (1 - masks) + masks * patterns + noise
+
+    dtype = model_dtype_device(model)[0]
+    with eval_mode(model):
+        for _ in range(search.steps):
+            values.requires_grad_(True)
+            images = stamped(values).to(dtype).reshape(-1, *family.event_shape)
+            calls += images.shape[0]
+            (grad,) = torch.autograd.grad(spec.soft(images, model(images)).sum(), values)
+            values = (values.detach() + search.step_size * grad.sign()).clamp(0.0, 1.0)
+        with torch.no_grad():
+            images = stamped(values).to(dtype).reshape(-1, *family.event_shape)
+            calls += images.shape[0]
+            scores = spec.score(images, model(images)).reshape(len(positions), -1).double()
+    # rank by hit rate, ties by the mean score
+    rank = (scores > 0).double().mean(1) + 1e-6 * torch.sigmoid(scores).mean(1)
+    finalists = []
+    for i in rank.argsort(descending=True)[: search.finalists].tolist():
+        r, c = positions[i]
+        params = detach_params(family.params_at(r, c, values[i, 0, r : r + k, c : c + k]))
+        found = estimate(model, family.member(params), spec, method="mc", budget=search.draws,
+                         seed=seed + 1 + i)
+        calls += found.n_model_calls
+        finalists.append((params, found))
+    return finalists, calls

@@ -188,9 +188,13 @@ def verdict_lines(verdict: dict[str, Any]) -> list[str]:
         lines.append(f"| {name} | {' | '.join(cells)} | {'yes' if row['agree'] else '**NO**'} |")
     if verdict["disagreements"]:
         lines += ["", f"**Disagreement** on: {', '.join(verdict['disagreements'])}."]
+    if verdict.get("unresolved"):
+        lines += ["", "**Unresolved** (a bound only, not resolved down to the judge's level): "
+                  f"{', '.join(verdict['unresolved'])}."]
     if verdict["attacks"]:
         lines += ["", "Fresh attacks on the final model (new seeds):", "",
-                  "| family | in training's threat model | best member log10 p [95% CI] |", "|---|---|---|"]
-        lines += [f"| {a['family']} | {'yes' if a['in_threat_model'] else 'no'} | {_fmt(a)} |"
-                  for a in verdict["attacks"]]
+                  "| family | search | in training's threat model | best member log10 p [95% CI] |",
+                  "|---|---|---|---|"]
+        lines += [f"| {a['family']} | {a.get('search', 'tailguard.attack')} | "
+                  f"{'yes' if a['in_threat_model'] else 'no'} | {_fmt(a)} |" for a in verdict["attacks"]]
     return lines
