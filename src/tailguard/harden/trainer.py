@@ -46,7 +46,7 @@ from ..estimate import estimate
 from ..families.base import Family, Params
 from ..oracle import ScoreOracle, model_dtype_device
 from ..specs import Spec
-from .adversary import ESTIMATORS, Adversary, FamilyAdversary, FixedAdversary, PoolSettings
+from .adversary import ESTIMATORS, Adversary, Balance, FamilyAdversary, FixedAdversary, PoolSettings
 from .family_check import FamilyCheck, check_resolution, target_met
 from .game import Game, LoopSettings, Trace, other_configuration, recorded_config, train_loop
 from .judge import JudgeSettings
@@ -67,7 +67,10 @@ class HardenSettings:
     ``harden.family_check``). ``distill`` weights the distillation loss to the
     starting model on the clean batches, at ``distill_temperature``
     (``harden.policy.ClassifierPolicy``). ``archive_size``: members that left the
-    adversary's pool and are screened again at each refresh.
+    adversary's pool and are screened again at each refresh. ``balance_rate`` > 0
+    lets the adversary term's weight (``lam``) follow the constraint that no pool
+    member is above ``family_target``, within a factor ``balance_spread`` of ``lam``
+    (``harden.adversary.Balance``); 0 keeps it fixed.
     """
 
     steps: int = 600
@@ -86,6 +89,8 @@ class HardenSettings:
     archive_size: int = 24
     distill: float = 1.0
     distill_temperature: float = 4.0
+    balance_rate: float = 0.0
+    balance_spread: float = 10.0
     extra_steps: int | None = None
     check_every: int = 50
     check_budget: int = 20_000
@@ -125,6 +130,8 @@ class HardenSettings:
             check_positive_float(getattr(self, name), name)
         _check_finite(self.deploy_weight, "deploy_weight", at_least=0.0)
         _check_finite(self.distill, "distill", at_least=0.0)
+        _check_finite(self.balance_rate, "balance_rate", at_least=0.0)
+        _check_finite(self.balance_spread, "balance_spread", at_least=1.0)
         _check_finite(self.family_target, "family_target")
         extra = self.extra_steps
         if extra is not None and (not isinstance(extra, int) or isinstance(extra, bool) or extra < 0):
@@ -317,8 +324,15 @@ def harden(
     descended and reported. ``test`` (X, y) gives clean accuracy at each
     evaluation. With ``checkpoint_dir``, state is saved every
     ``checkpoint_every`` steps and ``resume=True`` continues from the last
-    checkpoint. Settings: see HardenSettings.
+    checkpoint. Settings: see HardenSettings. An LM policy (``tailguard.lm.NextTokenLogits``)
+    against an LM adversary (an ``LMDistribution``), ``train`` its ordinary message ids,
+    plays the LM game instead: ``tailguard.lm.harden.harden_language_model``.
     """
+    from ..lm.harden import harden_language_model, plays_language_model  # it builds on this module
+
+    if plays_language_model(model, family):
+        return harden_language_model(model, train, spec, family, seed, deployment, test, checkpoint_dir,
+                                     resume, progress, **settings)
     check_game(model, spec, family)
     cfg = check_harden_arguments(seed, settings, checkpoint_dir, resume)
     train = _check_train(train, family, model)
@@ -335,7 +349,8 @@ def harden(
     probe(oracle, family, held_out[0])
     pool = PoolSettings(cfg.pool_size, cfg.candidates, cfg.samples, cfg.temperature, cfg.adversary_lr,
                         cfg.refresh_every, cfg.archive_size)
-    worst = FamilyAdversary("adversary", family, oracle, pool, cfg.adversary_floor)
+    balance = Balance(cfg.family_target, cfg.balance_rate, cfg.balance_spread) if cfg.balance_rate else None
+    worst = FamilyAdversary("adversary", family, oracle, pool, cfg.adversary_floor, balance=balance)
     adversaries: list[Adversary] = [worst]
     if deployment is not None:
         adversaries.append(FixedAdversary("deployment", deployment, oracle, cfg.samples, cfg.temperature,

@@ -26,28 +26,45 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from .._logspace import normal_log_ci, to_log10
-from ..dists.lm import LMDistribution
-from ..errors import InvalidArgumentError
+from ..attack import check_positive_int
+from ..dists.lm import LMDistribution, check_token_ids, vocab_size
+from ..errors import InvalidArgumentError, ShapeMismatchError
 from ..harden.adversary import FixedAdversary
 from ..harden.checkpoint import FILE_NAME
 from ..harden.game import Game, train_loop
 from ..harden.objective import Objective
 from ..harden.policy import Batch
+from ..harden.report import HardenReport
+from ..harden.trainer import HardenResult as TrainerResult
+from ..harden.trainer import reject_unknown_settings
 from ..oracle import ScoreOracle
+from ..report.plots import EstimatePlot, figure
 from ..result import Estimate
 from ..specs import Spec
-from .adversary import AdversaryResult, AdversarySettings, catastrophe_mass, train_adversary
+from .adversary import (
+    AdversaryResult,
+    AdversarySettings,
+    catastrophe_mass,
+    train_adversary,
+    writer_with_adapters,
+)
 from .hf import NextTokenLogits
 from .training import Progress, TrainingSettings, adapters_off, run_config, trainable, with_adapters
 
+__all__ = ["HardenResult", "LMHardenReport", "LMHardenSettings", "LMPolicy", "PolicyReport", "PolicySettings",
+           "Round", "first_token_kl", "harden_language_model", "harden_policy", "mass_on", "play_rounds",
+           "plays_language_model", "policy_report"]
+
+#: held-out ordinary messages are drawn, and the rounds measured, with seeds offset by this
+HELD_OUT_SEED_OFFSET = 7919
 
 @dataclass(frozen=True)
 class PolicySettings(TrainingSettings):
@@ -205,7 +222,7 @@ def first_token_kl(policy: NextTokenLogits, messages: Tensor, batch: int = 32) -
     return torch.cat(parts)
 
 
-def mass_on(policy: NextTokenLogits, messages: Tensor, spec: Spec, confidence: float = 0.95,
+def mass_on(policy: nn.Module, messages: Tensor, spec: Spec, confidence: float = 0.95,
             batch: int = 32) -> Estimate:
     """The mean catastrophe mass pi over fixed messages (n, length) as an Estimate (normal CI on the mean).
 
@@ -228,6 +245,12 @@ def mass_on(policy: NextTokenLogits, messages: Tensor, spec: Spec, confidence: f
         diagnostics={"messages": n, "distinct": int(torch.unique(messages, dim=0).shape[0]), "mean": mean,
                      "max_forbidden_mass": float(pi.max())},
     )
+
+
+def message_row(e: Estimate) -> dict[str, Any]:
+    """A ``mass_on`` estimate as report data: messages, distinct, mean, log10, ci_log10."""
+    return {"messages": e.diagnostics["messages"], "distinct": e.diagnostics["distinct"],
+            "mean": e.diagnostics["mean"], "log10": e.log10_p, "ci_log10": list(e.ci_log10)}
 
 
 @dataclass(frozen=True)
@@ -260,12 +283,8 @@ class PolicyReport:
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
-        def row(e: Estimate) -> dict[str, Any]:
-            return {"messages": e.diagnostics["messages"], "distinct": e.diagnostics["distinct"],
-                    "mean": e.diagnostics["mean"], "log10": e.log10_p, "ci_log10": list(e.ci_log10)}
-
-        return {"before": {k: row(e) for k, e in self.before.items()},
-                "after": {k: row(e) for k, e in self.after.items()},
+        return {"before": {k: message_row(e) for k, e in self.before.items()},
+                "after": {k: message_row(e) for k, e in self.after.items()},
                 "kl_first_token": {"mean": self.kl_mean, "max": self.kl_max, "messages": self.kl_messages}}
 
 
@@ -285,3 +304,251 @@ def policy_report(policy: NextTokenLogits, messages: dict[str, Tensor], spec: Sp
     after = {name: mass_on(policy, x, spec) for name, x in messages.items()}
     kl = first_token_kl(policy, held_out_ordinary)
     return PolicyReport(before, after, float(kl.mean()), float(kl.max()), kl.numel())
+
+
+@dataclass(frozen=True)
+class LMJudgeSettings:
+    """Messages the fresh adversary writes to be measured, the fewest distinct ones it must keep,
+    its training (None: the training adversary's, with ``diversity`` 1), and how many decades
+    apart a training-side and an independent figure may lie before they are flagged."""
+
+    messages: int = 128
+    min_distinct: int = 64
+    adversary: AdversarySettings | None = None
+    tolerance: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name in ("messages", "min_distinct"):
+            check_positive_int(getattr(self, name), name)
+        if self.min_distinct > self.messages:
+            raise InvalidArgumentError(f"min_distinct ({self.min_distinct}) must not exceed messages "
+                                       f"({self.messages})")
+        if self.adversary is not None and not isinstance(self.adversary, AdversarySettings):
+            raise InvalidArgumentError(f"the judge's adversary must be AdversarySettings or None, "
+                                       f"got {type(self.adversary).__name__}")
+        tolerance = self.tolerance
+        finite = isinstance(tolerance, int | float) and 0 < tolerance < math.inf
+        if isinstance(tolerance, bool) or not finite:
+            raise InvalidArgumentError(f"tolerance must be a finite number of decades > 0, got {tolerance!r}")
+
+    def adversary_settings(self, training: AdversarySettings) -> AdversarySettings:
+        """The fresh adversary's training: ``adversary``, or the training adversary's made diverse."""
+        if self.adversary is not None:
+            return self.adversary
+        return replace(training, diversity=max(training.diversity, 1.0))
+
+
+@dataclass(frozen=True)
+class LMHardenSettings:
+    """``tg.harden``'s settings for an LM policy: rounds of the game (``play_rounds``), attack messages
+    the adversary writes per round (``pool``), the policy's and the adversary's training, ordinary
+    messages drawn from ``deployment`` for the verdict when no ``test`` is given (``held_out``), and
+    the verdict's (``judge``). ``policy``, ``adversary`` and ``judge`` may be given as dicts."""
+
+    rounds: int = 2
+    pool: int = 96
+    policy: PolicySettings = PolicySettings()
+    adversary: AdversarySettings = AdversarySettings()
+    held_out: int = 256
+    judge: LMJudgeSettings = LMJudgeSettings()
+
+    def __post_init__(self) -> None:
+        for name in ("rounds", "pool", "held_out"):
+            check_positive_int(getattr(self, name), name)
+        for name, kind in (("policy", PolicySettings), ("adversary", AdversarySettings),
+                           ("judge", LMJudgeSettings)):
+            value = getattr(self, name)
+            if isinstance(value, dict):
+                reject_unknown_settings(kind, value, f"harden's {name} settings")
+                value = kind(**value)
+                object.__setattr__(self, name, value)
+            if not isinstance(value, kind):
+                raise InvalidArgumentError(f"{name} must be {kind.__name__} or a dict of its fields, "
+                                           f"got {type(value).__name__}")
+
+
+def plays_language_model(model: Any, family: Any) -> bool:
+    """Whether ``harden``'s model and family are an LM policy and an LM adversary; a pair of one LM
+    side and one of another kind is refused by name."""
+    policy, writer = isinstance(model, NextTokenLogits), isinstance(family, LMDistribution)
+    if policy and not writer:
+        raise InvalidArgumentError(
+            "model is an LM policy (NextTokenLogits): its family must be an LM adversary "
+            f"(tailguard.LMDistribution writing messages), got {type(family).__name__}")
+    if writer and not policy:
+        raise InvalidArgumentError(
+            "family is an LM adversary (LMDistribution): the model must be an LM policy "
+            f"(tailguard.lm.NextTokenLogits, e.g. chat_policy), got {type(model).__name__}")
+    return policy
+
+
+def _message_ids(ids: Any, vocab: int | None, name: str) -> Tensor:
+    if not isinstance(ids, Tensor) or ids.dim() != 2 or ids.shape[0] < 1 or ids.shape[1] < 1:
+        shape = tuple(ids.shape) if isinstance(ids, Tensor) else type(ids).__name__
+        raise ShapeMismatchError(f"{name} must be message ids of shape (m, length), m >= 1; got {shape}")
+    check_token_ids(ids, vocab, name)
+    return ids.long()
+
+
+def _held_out(train: Tensor, test: Any, deployment: Any, n: int, vocab: int | None,
+              seed: int) -> tuple[Tensor, Tensor]:
+    """(messages to train on, held-out ordinary messages for the verdict): ``test`` if given, else ``n``
+    drawn from ``deployment`` (a generator training never uses), else a quarter of ``train``."""
+    if test is not None:
+        return train, _message_ids(test, vocab, "test")
+    generator = torch.Generator().manual_seed(seed + HELD_OUT_SEED_OFFSET)
+    if deployment is not None:
+        if not isinstance(deployment, LMDistribution):
+            raise InvalidArgumentError(f"deployment of an LM policy must be an LMDistribution, "
+                                       f"got {type(deployment).__name__}")
+        with torch.no_grad():
+            return train, _message_ids(deployment.sample(n, generator), vocab, "deployment's messages")
+    if train.shape[0] < 4:
+        raise InvalidArgumentError("with neither test nor deployment, a quarter of train is held out for the "
+                                   f"verdict: train needs at least 4 messages, got {train.shape[0]}")
+    order = torch.randperm(train.shape[0], generator=generator)
+    cut = train.shape[0] // 4
+    return train[order[cut:]], train[order[:cut]]
+
+
+def _checkpoint_folder(checkpoint_dir: Any, resume: Any) -> Path | None:
+    """The run's folder; resume=True continues whatever checkpoints it holds, resume=False refuses any."""
+    if not isinstance(resume, bool):
+        raise InvalidArgumentError(f"resume must be True or False, got {resume!r}")
+    if checkpoint_dir is None:
+        if resume:
+            raise InvalidArgumentError("resume=True needs checkpoint_dir")
+        return None
+    if not isinstance(checkpoint_dir, str | Path):
+        raise InvalidArgumentError(f"checkpoint_dir must be a str or Path, got {checkpoint_dir!r}")
+    folder = Path(checkpoint_dir)
+    if not resume and folder.is_dir() and any(folder.rglob(FILE_NAME)):
+        raise InvalidArgumentError(f"{folder} holds checkpoints of a run: pass resume=True to continue it, "
+                                   "or use a new directory")
+    return folder
+
+
+def harden_language_model(model: Any, train: Any, spec: Any, family: Any, seed: int = 0,
+                          deployment: Any = None, test: Any = None, checkpoint_dir: str | Path | None = None,
+                          resume: bool = False, progress: bool = False, **settings: Any) -> TrainerResult:
+    """``tg.harden`` for an LM policy against an LM adversary: rounds of the game, then the verdict.
+
+    model: the policy, hardened in place (LoRA adapters, added if missing; the original is the same
+    module with them off: ``training.adapters_off``); train: ordinary message ids
+    (m, length) from D; family: the adversary's writer (adapters added if missing; trained
+    or not), which ``play_rounds`` trains on against each round's policy. After each round
+    the adversary, re-trained against that round's policy, writes ``judge.messages``
+    messages that are measured against it (``report.evals``). Then ``harden.lm_judge``
+    judges the final policy on held-out ordinary messages (``test``, or drawn from
+    ``deployment``, or a quarter of ``train``) and with a fresh adversary. Checkpoints go
+    under ``checkpoint_dir`` (one folder per training run); ``resume=True`` continues them.
+    Settings: ``LMHardenSettings``.
+    """
+    if not (isinstance(model, NextTokenLogits) and isinstance(family, LMDistribution)):
+        plays_language_model(model, family)  # names the side that is not an LM
+        raise InvalidArgumentError("the LM game needs an LM policy (NextTokenLogits) and an LM adversary "
+                                   "(LMDistribution)")
+    policy = model
+    reject_unknown_settings(LMHardenSettings, settings, "harden (an LM policy)")
+    cfg = LMHardenSettings(**settings)
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise InvalidArgumentError(f"seed must be an int, got {seed!r}")
+    if not isinstance(spec, Spec):
+        raise InvalidArgumentError(f"spec must be a tailguard spec, got {type(spec).__name__}")
+    vocab, written = vocab_size(policy.lm), vocab_size(family.lm)
+    if vocab is not None and written is not None and written > vocab:
+        raise InvalidArgumentError(f"the adversary's LM writes {written} kinds of token; "
+                                   f"the policy reads {vocab}")
+    ordinary, held_out = _held_out(_message_ids(train, vocab, "train"), test, deployment, cfg.held_out, vocab,
+                                   seed)
+    folder = _checkpoint_folder(checkpoint_dir, resume)
+    writer = writer_with_adapters(family, cfg.adversary, seed)
+    started = time.perf_counter()
+    generator = torch.Generator().manual_seed(seed + HELD_OUT_SEED_OFFSET + 1)
+    evals: list[dict[str, Any]] = []
+    written_before: list[Tensor] = []
+
+    def evaluate(game_round: Round) -> None:
+        """This round's policy on the held-out messages, its re-trained adversary and the previous one's."""
+        with torch.no_grad():
+            x = writer.sample(cfg.judge.messages, generator)
+        row: dict[str, Any] = {"round": game_round.number, "attack_pool": int(game_round.attacks.shape[0]),
+                               "held_out_ordinary": message_row(mass_on(policy, held_out, spec)),
+                               "adversary": message_row(mass_on(policy, x, spec)),
+                               "adversary_history": game_round.adversary.history,
+                               "adversary_examples": x[:4].tolist()}
+        if written_before:
+            row["previous_adversary"] = message_row(mass_on(policy, written_before[-1], spec))
+        written_before.append(x)
+        evals.append(row)
+
+    played = play_rounds(policy, writer, ordinary, spec, cfg.rounds, cfg.pool, cfg.policy, cfg.adversary,
+                         seed, folder, _printer() if progress else None, evaluate)
+    steps = [{"round": r.number, **row} for r in played for row in r.policy.history]
+    last = [10.0 ** h["ordinary_log10_p"] for h in played[-1].policy.history[-4:]]
+    training_side = {"deployment": math.log10(max(sum(last) / len(last), 1e-300)),
+                     "adversary_vs_hardened": evals[-1]["adversary"]["log10"]}
+    from ..harden.lm_judge import lm_verdict  # the judge builds on this module
+
+    verdict = lm_verdict(policy, spec, writer, held_out, training_side, cfg.judge, cfg.adversary, seed,
+                         folder)
+    report = LMHardenReport(settings=asdict(cfg), constraint=describe_writer(writer), seed=seed, steps=steps,
+                            evals=evals, seconds=time.perf_counter() - started, verdict=verdict)
+    return TrainerResult(model=policy, report=report)
+
+
+def describe_writer(writer: LMDistribution) -> str:
+    return (f"LM adversary: a LoRA-tuned writer of {writer.length}-token messages after a prompt of "
+            f"{writer.prompt_ids.numel()} tokens, temperature {writer.temperature:g}")
+
+
+def _printer() -> Progress:
+    def show(index: int, metrics: dict[str, float]) -> None:
+        figures = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items())
+        print(f"step {index}: {figures}", flush=True)
+
+    return show
+
+
+class LMHardenReport(HardenReport):
+    """The report of an LM run: ``steps`` the policy's (with their ``round``), ``evals`` one row per round
+    (the re-trained adversary's success against it), ``verdict`` from ``harden.lm_judge.lm_verdict``.
+    ``model_calls`` is not counted on this path (0)."""
+
+    def markdown(self) -> str:
+        lines = [f"Adversary: {self.constraint}", "",
+                 "| round | attack messages trained on | held-out ordinary: log10 P [CI] | "
+                 "re-trained adversary vs this policy | previous round's adversary vs this policy |",
+                 "|---:|---:|---|---|---|"]
+        for ev in self.evals:
+            previous = _cell(ev["previous_adversary"]) if "previous_adversary" in ev else "-"
+            lines.append(f"| {ev['round']} | {ev['attack_pool']} | {_cell(ev['held_out_ordinary'])} | "
+                         f"{_cell(ev['adversary'])} | {previous} |")
+        from ..harden.lm_judge import lm_verdict_lines  # the judge builds on this module
+
+        return "\n".join(lines + [""] + lm_verdict_lines(self.verdict)) + "\n"
+
+    def figure(self) -> Any:
+        """log10 mean pi on the policy's training batches per step, rounds one after another."""
+        fig, (ax,) = figure(figsize=(8, 4.4))
+        plot = EstimatePlot(ax, "Catastrophe mass on the policy's training batches", "policy step")
+        steps = list(range(len(self.steps)))
+        plot.line(steps, [s["attacks_log10_p"] for s in self.steps], "attack messages")
+        plot.line(steps, [s["ordinary_log10_p"] for s in self.steps], "ordinary messages", ls=":")
+        plot.finish(loc="best")
+        return fig
+
+    def save(self, directory: str | Path) -> dict[str, Path]:
+        """Write report.json, report.md and report.png into ``directory`` (created if missing)."""
+        folder = Path(directory)
+        folder.mkdir(parents=True, exist_ok=True)
+        paths = {"json": folder / "report.json", "markdown": folder / "report.md"}
+        paths["json"].write_text(self.to_json())
+        paths["markdown"].write_text(self.markdown())
+        paths["plot"] = self.plot(folder / "report.png")
+        return paths
+
+
+def _cell(row: dict[str, Any]) -> str:
+    low, high = row["ci_log10"]
+    return f"{row['log10']:.2f} [{low:.2f}, {high:.2f}], {row['distinct']} distinct"

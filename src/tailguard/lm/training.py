@@ -50,13 +50,22 @@ def add_lora(lm: nn.Module, rank: int = 8, targets: tuple[str, ...] = ("q_proj",
             wrapped = peft.get_peft_model(lm, config)
     except ValueError as exc:
         raise InvalidArgumentError(f"cannot put LoRA adapters on {list(targets)}: {exc}") from exc
+    reset_adapters(wrapped, seed)
+    return wrapped  # type: ignore[no-any-return]
+
+
+def reset_adapters(lm: nn.Module, seed: int) -> None:
+    """The LM's LoRA adapters back at a start, in place: B zero (so the LM is as it was before any
+    training) and A drawn from ``seed``'s own generator. A fresh adversary starts here."""
+    require_adapters(lm)
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for name, p in wrapped.named_parameters():
+        for name, p in lm.named_parameters():
             if "lora_A" in name:
                 bound = 1.0 / math.sqrt(p.shape[1])  # the default Linear initialisation's scale
                 p.copy_(torch.rand(p.shape, generator=generator, dtype=p.dtype) * 2 * bound - bound)
-    return wrapped  # type: ignore[no-any-return]
+            elif "lora_B" in name:
+                p.zero_()
 
 
 def require_adapters(lm: nn.Module) -> None:
