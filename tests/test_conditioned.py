@@ -14,8 +14,9 @@ from tailguard.bench.conditioned import independent, log_both_tails, nearly_disj
 from tailguard.dists.conditioned import Conditioned
 from tailguard.errors import InvalidArgumentError, ModelOutputError, ShapeMismatchError, UnsupportedError
 from tailguard.estimators._space import BaseSpace
-from tailguard.estimators.conditioned import MIN_START_BUDGET, Both, Recognised, Within, fitted_proposal
+from tailguard.estimators.conditioned import MIN_START_BUDGET, fitted_proposal
 from tailguard.estimators.conditioned_bound import bernstein_lower_mean, zero_hit_bound
+from tailguard.estimators.restricted import Both, Recognised, Within
 
 
 def _first(x: torch.Tensor) -> torch.Tensor:
