@@ -25,6 +25,7 @@ The language-model adversary (REINFORCE over a LoRA-tuned writer) is
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -85,13 +86,45 @@ class PoolSettings:
             raise InvalidArgumentError("pool_size must not exceed candidates")
 
 
+@dataclass(frozen=True)
+class Balance:
+    """Dual ascent on an adversary term's weight: the weight follows the constraint it serves.
+
+    Each step the weight is multiplied by exp(rate * clip(v - target, -1, 1)), v the
+    pool's highest surrogate ln P_hat (before the step's ascent): it grows while a
+    member is above ``target`` (natural log) and shrinks while none is, within
+    [weight / spread, weight * spread] of its starting value. A fixed weight must
+    be set per task to trade robustness for accuracy; this one spends pressure
+    only while the family holds a member above the target (the multiplier of
+    the constraint max_member ln P <= target, as in a Lagrangian method).
+    """
+
+    target: float
+    rate: float = 0.05
+    spread: float = 10.0
+
+    def __post_init__(self) -> None:
+        check_positive_float(self.rate, "balance_rate")
+        if isinstance(self.spread, bool) or not isinstance(self.spread, int | float) or not (
+                1.0 <= self.spread < math.inf):
+            raise InvalidArgumentError(f"balance_spread must be a finite number >= 1, got {self.spread!r}")
+
+    def update(self, weight: float, start: float, highest: float) -> float:
+        """The weight after a step whose pool's highest surrogate was ``highest``."""
+        moved = weight * math.exp(self.rate * min(max(highest - self.target, -1.0), 1.0))
+        return min(max(moved, start / self.spread), start * self.spread)
+
+
 class FamilyAdversary:
-    """``settings.pool_size`` members of ``family`` kept near the model's worst case."""
+    """``settings.pool_size`` members of ``family`` kept near the model's worst case.
+
+    With a ``balance`` the term's ``weight`` adapts each step (``Balance``); without, it stays fixed.
+    """
 
     def __init__(self, name: str, family: Family, oracle: ScoreOracle, settings: PoolSettings,
-                 floor: float, weight: float = 1.0):
+                 floor: float, weight: float = 1.0, balance: Balance | None = None):
         self.name, self.family, self.oracle, self.settings = name, family, oracle, settings
-        self.floor, self.weight = floor, weight
+        self.floor, self.weight, self.start_weight, self.balance = floor, weight, weight, balance
         self.members: list[Params] = []
         self.archive: list[Params] = []
         self.optimizer: torch.optim.Optimizer | None = None
@@ -136,7 +169,10 @@ class FamilyAdversary:
                 self.family.project(m)
         if step % self.settings.refresh_every == 0:
             self._refresh(values.detach(), generator)
-        return {}
+        if self.balance is None:
+            return {}
+        self.weight = self.balance.update(self.weight, self.start_weight, float(values.detach().max()))
+        return {f"{self.name}_weight": self.weight}
 
     def _refresh(self, current: Tensor, generator: torch.Generator) -> None:
         """Replace the weakest member by the best candidate (fresh or archived) if it is stronger."""
@@ -185,7 +221,7 @@ class FamilyAdversary:
         members = {f"{i}.{k}": v for i, m in enumerate(self.members) for k, v in detach_params(m).items()}
         archive = {f"archive/{i}.{k}": v for i, m in enumerate(self.archive) for k, v in m.items()}
         return ({**members, **archive, **{f"optimizer/{k}": v for k, v in opt_tensors.items()}},
-                {"optimizer": opt_meta})
+                {"optimizer": opt_meta, "weight": self.weight})
 
     def load_state(self, tensors: dict[str, Tensor], meta: dict[str, Any]) -> None:
         members: dict[int, Params] = {}
@@ -203,6 +239,7 @@ class FamilyAdversary:
         self._reset_optimizer()
         assert self.optimizer is not None
         self.optimizer.load_state_dict(unflatten_optimizer(opt_tensors, meta["optimizer"]))
+        self.weight = float(meta.get("weight", self.start_weight))
 
 
 ESTIMATORS = ("surrogate", "is")

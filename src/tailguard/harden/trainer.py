@@ -41,6 +41,7 @@ from ..attack import (
     check_supported,
 )
 from ..dists.base import Distribution
+from ..dists.lm import LMDistribution
 from ..errors import InvalidArgumentError, ShapeMismatchError
 from ..estimate import estimate
 from ..families.base import Family, Params
@@ -306,12 +307,12 @@ def probe(oracle: ScoreOracle, family: Family, params: Params) -> None:
 
 def harden(
     model: nn.Module,
-    train: tuple[Tensor, Tensor],
+    train: tuple[Tensor, Tensor] | Tensor,
     spec: Spec,
-    family: Family,
+    family: Family | LMDistribution,
     seed: int = 0,
     deployment: Distribution | None = None,
-    test: tuple[Tensor, Tensor] | None = None,
+    test: tuple[Tensor, Tensor] | Tensor | None = None,
     checkpoint_dir: str | Path | None = None,
     resume: bool = False,
     progress: bool = False,
