@@ -46,13 +46,17 @@ def test_the_pipeline_measures_before_and_after_and_writes_its_report(tmp_path, 
     assert [r["round"] for r in results["rounds"]] == list(range(1, sizes.rounds + 1))
     for r in results["rounds"]:
         assert len(r["policy_history"]) == sizes.policy.steps
-        assert len(r["readapt_history"]) == sizes.adversary.steps
-        assert r["readapted"]["messages"] == sizes.eval_attack
-    assert "previous_attack_after" in results["rounds"][1]
+        assert len(r["adversary_history"]) == sizes.adversary.steps
+        assert r["adversary"]["messages"] == sizes.judge.messages
+    assert "previous_adversary" in results["rounds"][1]
+    fresh = results["verdict"]["fresh_adversary"]  # tg.harden's verdict, a fresh adversary against each
+    assert len(fresh["vs_original"]["history"]) == len(fresh["vs_hardened"]["history"]) == sizes.adversary.steps
+    assert results["verdict"]["held_out_ordinary"]["after"] == results["after"]["deployment D"]
     assert results["kl_first_token_on_deployment"]["mean"] >= 0.0
     saved = json.loads((tmp_path / "real.json").read_text())
     assert saved["before"] == results["before"]
     report = (tmp_path / "real.md").read_text()
-    assert "lowered by" in report and "ESS" in report
-    assert (tmp_path / "checkpoints" / "policy-2" / "checkpoint.safetensors").is_file()
+    assert "lowered by" in report and "ESS" in report and "fresh adversary" in report
+    for run in ("policy-2", "judge-vs-original", "judge-vs-hardened"):
+        assert (tmp_path / "checkpoints" / "harden" / run / "checkpoint.safetensors").is_file()
     assert (tmp_path / "real.png").is_file()

@@ -331,7 +331,7 @@ def harden(
     """
     from ..lm.harden import harden_language_model, plays_language_model  # it builds on this module
 
-    if plays_language_model(model, family):
+    if plays_language_model(family, model):
         return harden_language_model(model, train, spec, family, seed, deployment, test, checkpoint_dir,
                                      resume, progress, **settings)
     check_game(model, spec, family)

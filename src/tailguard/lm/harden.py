@@ -32,6 +32,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from typing_extensions import TypeIs
 
 from .._logspace import normal_log_ci, to_log10
 from ..attack import check_positive_int
@@ -367,8 +368,8 @@ class LMHardenSettings:
                                            f"got {type(value).__name__}")
 
 
-def plays_language_model(model: Any, family: Any) -> bool:
-    """Whether ``harden``'s model and family are an LM policy and an LM adversary; a pair of one LM
+def plays_language_model(family: Any, model: Any) -> TypeIs[LMDistribution]:
+    """Whether ``harden``'s family and model are an LM adversary and an LM policy; a pair of one LM
     side and one of another kind is refused by name."""
     policy, writer = isinstance(model, NextTokenLogits), isinstance(family, LMDistribution)
     if policy and not writer:
@@ -445,7 +446,7 @@ def harden_language_model(model: Any, train: Any, spec: Any, family: Any, seed: 
     Settings: ``LMHardenSettings``.
     """
     if not (isinstance(model, NextTokenLogits) and isinstance(family, LMDistribution)):
-        plays_language_model(model, family)  # names the side that is not an LM
+        plays_language_model(family, model)  # names the side that is not an LM
         raise InvalidArgumentError("the LM game needs an LM policy (NextTokenLogits) and an LM adversary "
                                    "(LMDistribution)")
     policy = model
