@@ -87,15 +87,24 @@ def seeds_table(records: Sequence[dict[str, Any]], task: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def unresolved(record: dict[str, Any]) -> list[str]:
+    """The distributions whose verdict the judge could not resolve (a bound above its level)."""
+    return [name for name, row in record["judged"].items() if row["verdict"].get("resolved") is False]
+
+
 def runs_table(records: Sequence[dict[str, Any]], task: str) -> str:
-    """One row per run: the headline figures, disagreements, the hash of the weights."""
-    head = ["method", "seed", *[label for _, label in COLUMNS], "disagreements", "weights sha256"]
-    lines = ["| " + " | ".join(head) + " |", "|---|---:|" + "---:|" * len(COLUMNS) + "---|---|"]
+    """One row per run: the headline figures, how many kinds of search attacked the training family,
+    disagreements, unresolved verdicts, the hash of the weights."""
+    head = ["method", "seed", *[label for _, label in COLUMNS], "in-family searches", "disagreements",
+            "unresolved (a bound)", "weights sha256"]
+    lines = ["| " + " | ".join(head) + " |", "|---|---:|" + "---:|" * (len(COLUMNS) + 1) + "---|---|---|"]
     for r in _runs(records, task):
         s = summary(r)
         cells = [r["method"], str(r["seed"]), f"{s['test_accuracy']:.3f}"]
         cells += [f"{s[key]:.2f}" for key, _ in COLUMNS[1:]]
-        cells += [", ".join(r.get("disagreements", [])) or "-", r.get("weights", {}).get("sha256", "-")[:12]]
+        cells.append(str(sum(a["in_threat_model"] for a in r.get("attacks", []))))
+        cells += [", ".join(r.get("disagreements", [])) or "-", ", ".join(unresolved(r)) or "-",
+                  r.get("weights", {}).get("sha256", "-")[:12]]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -133,8 +142,13 @@ def markdown(records: Sequence[dict[str, Any]]) -> str:
         "log10 P(catastrophe) by the independent verdict (plain sampling where it saw 30 catastrophes, "
         "else splitting capped by plain sampling's exact upper bound; the training judge `is` is in the "
         "records beside it, and a disagreement between them is counted). A zero-hit result is its upper "
-        "bound. Fresh attacks: `tailguard.attack` with new seeds on the final model, over the training "
-        "family and a broader one (smaller and larger patches, universal l_inf perturbations). "
+        "bound; where splitting, given up to 16 times its budget, and plain sampling could not resolve a "
+        "rate below 10^-9 the run lists it as unresolved, and the bound is what the targets are scored on. "
+        "Fresh attacks: `tailguard.attack` with new seeds on the final model, over the training "
+        "family and a broader one (smaller and larger patches, universal l_inf perturbations); the "
+        "training family is also searched by PGD on the pattern at every position, judged by plain "
+        "sampling, and its column is the worse of the two (runs judged before that search show 1 "
+        "in-family search). "
         "Per method: median (worst) over seeds; `clean` is the architecture trained without poison.",
         "",
     ]
