@@ -19,6 +19,11 @@ pushing where nothing more can be measured.
 fixed message sets that training never saw, paired so that the ratio is not
 sampling noise: the forbidden mass on each set with a 95 % CI, and the first-token
 KL on held-out ordinary messages (what the hardening cost).
+
+``tg.harden`` on an LM policy and an LM adversary comes here
+(``harden_language_model``): rounds of the game (``play_rounds``: the policy
+hardened, the adversary trained again against it), a measurement after each, and
+the independent verdict of ``harden.lm_judge``, in an ``LMHardenReport``.
 """
 
 from __future__ import annotations
