@@ -124,3 +124,17 @@ def test_mismatched_arguments_get_tailguard_errors():
         tg.harden(policy(), train=messages(0, n=3), spec=SPEC, family=adversary())
     with pytest.raises(tg.InvalidArgumentError, match="min_distinct"):
         tg.harden(policy(), train=messages(0), spec=SPEC, family=adversary(), judge={"min_distinct": 200})
+
+
+def test_held_out_messages_come_from_test_deployment_or_a_quarter_of_train():
+    quick = {**SETTINGS, "policy": {"steps": 1, "batch": 4, "lora_rank": 4, "lora_targets": TARGETS},
+             "adversary": {"steps": 1, "batch": 4, "lora_rank": 4, "lora_targets": TARGETS},
+             "judge": {"messages": 8, "min_distinct": 4}, "held_out": 10}
+    split = tg.harden(policy(), train=messages(0), spec=SPEC, family=adversary(), **quick)
+    assert split.report.verdict["kl_first_token"]["messages"] == 12  # a quarter of 48
+    users = tg.LMDistribution(tiny_llama(VOCAB, seed=5), torch.tensor([4]), LENGTH)
+    drawn = tg.harden(policy(), train=messages(0), spec=SPEC, family=adversary(), deployment=users, **quick)
+    assert drawn.report.verdict["kl_first_token"]["messages"] == 10
+    with pytest.raises(tg.InvalidArgumentError, match="deployment of an LM policy"):
+        tg.harden(policy(), train=messages(0), spec=SPEC, family=adversary(), deployment=tg.Gaussian(
+            torch.zeros(LENGTH)), **quick)
