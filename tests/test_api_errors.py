@@ -47,6 +47,31 @@ def test_spec_returning_wrong_shape():
         tg.estimate(_linear(), tg.Gaussian(torch.zeros(4)), bad, method="mc", budget=10)
 
 
+def test_predicate_returning_a_margin_instead_of_a_verdict_is_refused():
+    """A float answer would be truthy almost everywhere: p = 1, silently, without the check."""
+    margin = tg.Predicate(lambda x, y: y[:, 0])
+    with pytest.raises(tg.InvalidArgumentError, match="must return booleans"):
+        tg.estimate(_linear(), tg.Gaussian(torch.zeros(4)), margin, method="mc", budget=100)
+    as_ints = tg.Predicate(lambda x, y: (y[:, 0] > 0).int())
+    as_bools = tg.Predicate(lambda x, y: y[:, 0] > 0)
+    dist = tg.Gaussian(torch.zeros(4))
+    assert (tg.estimate(_linear(), dist, as_ints, method="mc", budget=1000, seed=0).log10_p
+            == tg.estimate(_linear(), dist, as_bools, method="mc", budget=1000, seed=0).log10_p)
+
+
+@pytest.mark.parametrize("text, named", [
+    ("{not json", "not an estimate's JSON"),
+    ('{"a": 1}', "missing fields"),
+    ("[1, 2]", "JSON object"),
+    ('{"log10_p": "x", "ci_log10": [0, 1], "n_model_calls": 1, "method": "mc"}', "log10_p"),
+    ('{"log10_p": -1, "ci_log10": [0], "n_model_calls": 1, "method": "mc"}', "ci_log10"),
+    ('{"log10_p": -1, "ci_log10": [-2, 0], "n_model_calls": -3, "method": "mc"}', "n_model_calls"),
+])
+def test_estimate_from_json_refuses_what_is_not_an_estimate(text, named):
+    with pytest.raises(tg.InvalidArgumentError, match=named):
+        tg.Estimate.from_json(text)
+
+
 def test_class_index_beyond_model_outputs():
     with pytest.raises(tg.ShapeMismatchError, match="only 2 outputs"):
         tg.estimate(_linear(), tg.Gaussian(torch.zeros(4)), tg.ClassIs(5), method="mc", budget=10)
@@ -196,6 +221,20 @@ def test_harden_refuses_bad_arguments_before_any_training(kwargs, named):
     with pytest.raises(tg.TailguardError, match=named):
         tg.harden(model, train=train, spec=tg.ClassIs(1), family=family, **{"steps": 2, **kwargs})
     assert model.calls == 0
+
+
+@pytest.mark.parametrize("labels, named", [
+    (torch.full((10,), 12), "must be in \\[0, 9\\]"),
+    (torch.full((10,), -1), "must be in \\[0, 9\\]"),
+    (torch.full((10,), 0.5), "whole class indices"),
+    (torch.zeros(10, 2, dtype=torch.long), "shape \\(n,\\)"),
+])
+def test_harden_refuses_labels_that_are_not_class_indices_of_the_model(labels, named):
+    """Out-of-range labels reached cross-entropy as a torch IndexError; 0.5 was truncated to 0."""
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    family = tg.PatchFamily(torch.rand(5, 8, 8), 3, 0.1)
+    with pytest.raises(tg.InvalidArgumentError, match=named):
+        tg.harden(model, train=(torch.rand(10, 8, 8), labels), spec=tg.ClassIs(1), family=family, steps=1)
 
 
 def test_harden_resume_checks_its_checkpoint_before_any_training(tmp_path):

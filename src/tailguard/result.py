@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from .errors import InvalidArgumentError
 
 SCHEMA_VERSION = 1
 
@@ -19,6 +22,14 @@ def _encode(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_encode(v) for v in value]
     return value
+
+
+#: the fields without which a JSON object is not an estimate
+REQUIRED_FIELDS = frozenset({"log10_p", "ci_log10", "n_model_calls", "method"})
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _decode(value: Any) -> Any:
@@ -79,15 +90,37 @@ class Estimate:
 
     @classmethod
     def from_json(cls, text: str) -> Estimate:
-        return cls.from_dict(json.loads(text))
+        """An estimate from the text of ``to_json``; anything else is refused with the reason."""
+        try:
+            data = json.loads(text)
+        except (TypeError, json.JSONDecodeError) as exc:
+            raise InvalidArgumentError(f"not an estimate's JSON: {exc}") from None
+        return cls.from_dict(data)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Estimate:
-        """From the parsed JSON of ``to_json`` (infinities as strings or floats)."""
+        """From the parsed JSON of ``to_json`` (infinities as strings or floats), checked field by field."""
+        if not isinstance(data, dict):
+            raise InvalidArgumentError(f"an estimate must be a JSON object, got {type(data).__name__}")
         data = _decode(data)
         data.pop("schema_version", None)
-        data["ci_log10"] = tuple(data["ci_log10"])
-        data["warnings"] = tuple(data.get("warnings", ()))
+        fields = {f.name for f in dataclasses.fields(cls)}
+        missing = sorted(REQUIRED_FIELDS - data.keys())
+        unknown = sorted(data.keys() - fields)
+        if missing or unknown:
+            raise InvalidArgumentError(f"not an estimate: missing fields {missing}, unknown fields {unknown}")
+        ci = data["ci_log10"]
+        if not (isinstance(ci, list | tuple) and len(ci) == 2 and all(_is_number(c) for c in ci)):
+            raise InvalidArgumentError(f"ci_log10 must be two numbers, got {ci!r}")
+        if not _is_number(data["log10_p"]):
+            raise InvalidArgumentError(f"log10_p must be a number, got {data['log10_p']!r}")
+        calls = data["n_model_calls"]
+        if isinstance(calls, bool) or not isinstance(calls, int) or calls < 0:
+            raise InvalidArgumentError(f"n_model_calls must be an int >= 0, got {calls!r}")
+        if not isinstance(data["method"], str):
+            raise InvalidArgumentError(f"method must be a string, got {data['method']!r}")
+        data["ci_log10"] = tuple(float(c) for c in ci)
+        data["warnings"] = tuple(str(w) for w in data.get("warnings", ()))
         return cls(**data)
 
     @property

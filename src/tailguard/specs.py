@@ -143,6 +143,14 @@ class Predicate(Spec):
             raise ShapeMismatchError(
                 f"Predicate fn returned shape {tuple(out.shape)}; expected ({x.shape[0]},)"
             )
+        if out.dtype != torch.bool:
+            # a float or int answer is truthy wherever it is non-zero: read as a verdict, a margin
+            # like y[:, 0] would make almost every input a catastrophe
+            values = out[(out != 0) & (out != 1)]
+            if values.numel():
+                raise InvalidArgumentError(
+                    f"Predicate fn must return booleans (or 0/1), got {out.dtype} values such as "
+                    f"{values.flatten()[0].item():.4g}; return a bool tensor, e.g. y[:, 0] > t")
         return torch.where(out.bool(), 1.0, -1.0).double()
 
     def soft(self, x: Tensor, y: Tensor, temperature: float = 1.0) -> Tensor:

@@ -45,7 +45,7 @@ from ..dists.lm import LMDistribution
 from ..errors import InvalidArgumentError, ShapeMismatchError
 from ..estimate import estimate
 from ..families.base import Family, Params
-from ..oracle import ScoreOracle, model_dtype_device
+from ..oracle import ScoreOracle, eval_mode, model_dtype_device
 from ..specs import Spec
 from .adversary import ESTIMATORS, Adversary, Balance, FamilyAdversary, FixedAdversary, PoolSettings
 from .family_check import FamilyCheck, check_resolution, target_met
@@ -235,7 +235,29 @@ def _check_train(data: Any, family: Family, model: nn.Module, name: str = "train
         )
     if x.is_floating_point():
         x = x.to(model_dtype_device(model)[0])
+    if y.dim() != 1:
+        raise ShapeMismatchError(f"{name} y must be class indices of shape (n,), got {tuple(y.shape)}")
+    if y.is_floating_point() and not bool(torch.isfinite(y).all() and (y == y.round()).all()):
+        raise InvalidArgumentError(f"{name} y must be whole class indices, got values such as "
+                                   f"{y[~(y == y.round())].flatten()[0].item():.4g}")
     return x, y.long()
+
+
+def check_labels_fit(model: nn.Module, **labelled: tuple[Tensor, Tensor] | None) -> None:
+    """Every label a class index of the model's outputs (one model call), or a named error.
+
+    Out of range, a label would reach the cross-entropy as an IndexError from deep in torch.
+    """
+    pairs = {name: pair for name, pair in labelled.items() if pair is not None}
+    if not pairs:
+        return
+    with torch.no_grad(), eval_mode(model):
+        classes = model(next(iter(pairs.values()))[0][:1]).shape[-1]
+    for name, (_, y) in pairs.items():
+        if bool((y < 0).any() or (y >= classes).any()):
+            raise InvalidArgumentError(
+                f"{name} y holds class indices in [{int(y.min())}, {int(y.max())}]; the model has "
+                f"{classes} outputs, so they must be in [0, {classes - 1}]")
 
 
 def _held_out_members(family: Family, n: int, seed: int) -> list[Params]:
@@ -348,6 +370,7 @@ def harden(
     oracle = ScoreOracle.for_model(trained, spec)
     held_out = _held_out_members(family, cfg.held_out, seed)
     probe(oracle, family, held_out[0])
+    check_labels_fit(trained, train=train, test=test)
     pool = PoolSettings(cfg.pool_size, cfg.candidates, cfg.samples, cfg.temperature, cfg.adversary_lr,
                         cfg.refresh_every, cfg.archive_size)
     balance = Balance(cfg.family_target, cfg.balance_rate, cfg.balance_spread) if cfg.balance_rate else None
