@@ -55,6 +55,7 @@ from .trainer import (
     _check_train,
     _held_out_members,
     check_game,
+    check_labels_fit,
     final_verdict,
     held_out_evaluation,
     probe,
@@ -286,6 +287,7 @@ def run_baseline(
     trained = copy.deepcopy(model)
     held_out = _held_out_members(family, harness.held_out, seed)
     probe(ScoreOracle.for_model(trained, spec), family, held_out[0])
+    check_labels_fit(trained, train=data, test=test)
     plug_in = _plug_in(trained, spec, family, data, cfg)
     game = Game(ClassifierPolicy(trained, *data, cfg.batch_size), [], Objective(), [(plug_in, _weight(cfg))])
     evaluate = held_out_evaluation(trained, spec, family, held_out, deployment, test, cfg.eval_method,
