@@ -1,5 +1,6 @@
 """The independent judge: rates far below plain sampling's reach, the second in-family search, re-judging."""
 
+import json
 import math
 
 import pytest
@@ -15,7 +16,7 @@ from tailguard.io import save_weights
 from ._toy_backdoor import TRIGGER_COL, TRIGGER_ROW, toy_task, trigger_model
 
 SMALL = dict(budget=2_000, sampling_budget=2_000, attack_budget=6_000, attack_method="mc",
-             pattern=PatternSearch(steps=10, images=32, finalists=2, draws=4_000))
+             pattern_steps=10, pattern_images=32, pattern_finalists=2, pattern_draws=4_000)
 
 
 def far_tail():
@@ -49,7 +50,8 @@ def test_a_rate_plain_sampling_resolves_needs_no_more_splitting():
 
 def test_the_pattern_search_finds_the_planted_square_and_is_judged_by_plain_sampling():
     _, family = toy_task()
-    finalists, calls = pattern_attack(trigger_model(), tg.ClassIs(1), family, SMALL["pattern"], seed=3)
+    search = JudgeSettings(**SMALL).pattern()
+    finalists, calls = pattern_attack(trigger_model(), tg.ClassIs(1), family, search, seed=3)
     params, found = max(finalists, key=lambda f: figure_of({"log10_p": f[1].log10_p,
                                                             "ci_log10": f[1].ci_log10}))
     assert (int(params["row"]), int(params["col"])) == (TRIGGER_ROW, TRIGGER_COL)
@@ -58,7 +60,7 @@ def test_the_pattern_search_finds_the_planted_square_and_is_judged_by_plain_samp
     with torch.no_grad():
         clean[1].weight.zero_()
         clean[1].bias.copy_(torch.tensor([5.0, 0.0]))  # always class 0
-    finalists, _ = pattern_attack(clean, tg.ClassIs(1), family, SMALL["pattern"], seed=3)
+    finalists, _ = pattern_attack(clean, tg.ClassIs(1), family, search, seed=3)
     assert all(f.diagnostics["hits"] == 0 for _, f in finalists)
 
 
@@ -101,5 +103,8 @@ def test_bad_judge_settings_are_named():
         JudgeSettings(escalation=-1)
     with pytest.raises(tg.InvalidArgumentError, match="resolve_log10"):
         JudgeSettings(resolve_log10=float("nan"))
-    with pytest.raises(tg.InvalidArgumentError, match="finalists"):
-        PatternSearch(finalists=0)
+    with pytest.raises(tg.InvalidArgumentError, match="pattern_finalists"):
+        JudgeSettings(pattern_finalists=0)
+    with pytest.raises(tg.InvalidArgumentError, match="pattern_step_size"):
+        PatternSearch(step_size=0.0)
+    assert json.loads(json.dumps(JudgeSettings().__dict__))["pattern_draws"] == 50_000  # plain JSON data

@@ -63,7 +63,8 @@ class JudgeSettings:
     """Model calls per estimate (``budget``; plain sampling: ``sampling_budget``) and per fresh attack,
     and the estimator of each attack's winner. ``resolve_log10``: the rate (log10) below which a
     verdict must be resolved, by splitting with up to ``ESCALATION_FACTOR ** escalation`` times
-    ``budget``; ``pattern``: the every-position pattern search on a patch family."""
+    ``budget``; ``pattern_*``: the every-position pattern search on a patch family
+    (``harden.patch_pgd.PatternSearch``). Plain fields only, so the settings are JSON data."""
 
     budget: int = 20_000
     sampling_budget: int = 200_000
@@ -71,7 +72,11 @@ class JudgeSettings:
     attack_method: str = "auto"
     resolve_log10: float = -9.0
     escalation: int = 2
-    pattern: PatternSearch = PatternSearch()
+    pattern_steps: int = PatternSearch.steps
+    pattern_step_size: float = PatternSearch.step_size
+    pattern_images: int = PatternSearch.images
+    pattern_finalists: int = PatternSearch.finalists
+    pattern_draws: int = PatternSearch.draws
 
     def __post_init__(self) -> None:
         for name in ("budget", "sampling_budget", "attack_budget"):
@@ -84,9 +89,13 @@ class JudgeSettings:
                 and self.resolve_log10 < 0):
             raise InvalidArgumentError(
                 f"resolve_log10 must be a finite number < 0, got {self.resolve_log10!r}")
-        if not isinstance(self.pattern, PatternSearch):
-            raise InvalidArgumentError(f"pattern must be a PatternSearch, got {type(self.pattern).__name__}")
+        self.pattern()
         check_attack_arguments(self.attack_budget, 0, {"method": self.attack_method})
+
+    def pattern(self) -> PatternSearch:
+        """The settings of the pattern search."""
+        return PatternSearch(self.pattern_steps, self.pattern_step_size, self.pattern_images,
+                             self.pattern_finalists, self.pattern_draws)
 
 
 def estimate_row(est: Estimate) -> dict[str, Any]:
@@ -188,7 +197,7 @@ def fresh_attacks(model: nn.Module, spec: Spec, family: Family, settings: JudgeS
                      "search": "tailguard.attack", "member": found.family.describe(found.params),
                      **estimate_row(found.estimate)})
     if isinstance(family, PatchFamily):
-        rows.insert(1, pattern_row(model, spec, family, settings.pattern, seed + 2000))
+        rows.insert(1, pattern_row(model, spec, family, settings.pattern(), seed + 2000))
     return rows
 
 

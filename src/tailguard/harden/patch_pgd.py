@@ -122,8 +122,8 @@ class PatternSearch:
 
     def __post_init__(self) -> None:
         for name in ("steps", "images", "finalists", "draws"):
-            check_positive_int(getattr(self, name), name)
-        check_positive_float(self.step_size, "step_size")
+            check_positive_int(getattr(self, name), f"pattern_{name}")
+        check_positive_float(self.step_size, "pattern_step_size")
 
 
 def pattern_attack(model: nn.Module, spec: Spec, family: PatchFamily, search: PatternSearch,
