@@ -118,7 +118,7 @@ def test_without_labels_the_model_s_own_predictions_split_the_classes(trojaned, 
 
 
 def test_user_searches_replace_the_default_set(trojaned, data):
-    assert [s.name for s in default_searches()] == ["mask 9 px", "blend 0.2", "universal linf 0.1"]
+    assert [s.name for s in default_searches()] == ["mask 9 px in 5x5", "mask 9 px in 4x4", "blend 0.2"]
     searches = [patch_search(2), warp_search(0.5)]
     rep = tg.scan(trojaned, data.x_test[:150], data.y_test[:150], budget=80_000, seed=0,
                   searches=searches, **FAST)

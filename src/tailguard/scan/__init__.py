@@ -9,6 +9,7 @@ from .searches import (
     patch_search,
     universal_search,
     warp_search,
+    windowed_search,
 )
 
 __all__ = [
@@ -24,4 +25,5 @@ __all__ = [
     "scan",
     "universal_search",
     "warp_search",
+    "windowed_search",
 ]
