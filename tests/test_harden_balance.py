@@ -13,11 +13,11 @@ from ._toy_backdoor import flat_params
 from .test_harden import FAST, harden_toy
 
 TARGET = math.log(1e-3)
-BALANCED = {**FAST, "balance_rate": 0.2, "balance_spread": 4.0}
+BALANCED = {**FAST, "balance_rate": 0.2, "balance_spread": 4.0, "balance_ceiling": 4.0}
 
 
 def test_the_weight_grows_above_the_target_shrinks_below_and_stays_in_its_range():
-    balance = Balance(TARGET, rate=0.1, spread=4.0)
+    balance = Balance(TARGET, rate=0.1, spread=4.0, ceiling=4.0)
     assert balance.update(1.0, 1.0, TARGET + 0.5) == pytest.approx(math.exp(0.05))
     assert balance.update(1.0, 1.0, TARGET + 30.0) == pytest.approx(math.exp(0.1))  # a step is capped
     assert balance.update(1.0, 1.0, TARGET - 30.0) == pytest.approx(math.exp(-0.1))
@@ -28,6 +28,9 @@ def test_the_weight_grows_above_the_target_shrinks_below_and_stays_in_its_range(
     for _ in range(200):
         weight = balance.update(weight, 1.0, -50.0)
     assert weight == pytest.approx(0.25)
+    relaxing = Balance(TARGET, rate=0.1, spread=4.0, ceiling=1.0)  # never above the starting weight
+    assert relaxing.update(1.0, 1.0, 0.0) == 1.0 and relaxing.update(0.5, 1.0, 0.0) == pytest.approx(
+        0.5 * math.exp(0.1))
 
 
 def test_a_run_raises_the_weight_while_the_trigger_is_found_and_lowers_it_once_it_is_gone():
@@ -70,3 +73,5 @@ def test_bad_balance_settings_are_named():
         harden_toy(seed=0, **{**FAST, "balance_spread": 0.5})
     with pytest.raises(tg.InvalidArgumentError, match="balance_spread"):
         Balance(TARGET, spread=float("inf"))
+    with pytest.raises(tg.InvalidArgumentError, match="balance_ceiling"):
+        harden_toy(seed=0, **{**FAST, "balance_ceiling": 0.9})

@@ -93,7 +93,8 @@ class Balance:
     Each step the weight is multiplied by exp(rate * clip(v - target, -1, 1)), v the
     pool's highest surrogate ln P_hat (before the step's ascent): it grows while a
     member is above ``target`` (natural log) and shrinks while none is, within
-    [weight / spread, weight * spread] of its starting value. A fixed weight must
+    [weight / spread, weight * ceiling] of its starting value (``ceiling`` 1: never
+    above the starting weight, only relaxed while the family is safe). A fixed weight must
     be set per task to trade robustness for accuracy; this one spends pressure
     only while the family holds a member above the target (the multiplier of
     the constraint max_member ln P <= target, as in a Lagrangian method).
@@ -102,17 +103,19 @@ class Balance:
     target: float
     rate: float = 0.05
     spread: float = 10.0
+    ceiling: float = 10.0
 
     def __post_init__(self) -> None:
         check_positive_float(self.rate, "balance_rate")
-        if isinstance(self.spread, bool) or not isinstance(self.spread, int | float) or not (
-                1.0 <= self.spread < math.inf):
-            raise InvalidArgumentError(f"balance_spread must be a finite number >= 1, got {self.spread!r}")
+        for name in ("spread", "ceiling"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 1.0 <= value < math.inf:
+                raise InvalidArgumentError(f"balance_{name} must be a finite number >= 1, got {value!r}")
 
     def update(self, weight: float, start: float, highest: float) -> float:
         """The weight after a step whose pool's highest surrogate was ``highest``."""
         moved = weight * math.exp(self.rate * min(max(highest - self.target, -1.0), 1.0))
-        return min(max(moved, start / self.spread), start * self.spread)
+        return min(max(moved, start / self.spread), start * self.ceiling)
 
 
 class FamilyAdversary:

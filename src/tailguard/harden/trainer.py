@@ -70,8 +70,8 @@ class HardenSettings:
     (``harden.policy.ClassifierPolicy``). ``archive_size``: members that left the
     adversary's pool and are screened again at each refresh. ``balance_rate`` > 0
     lets the adversary term's weight (``lam``) follow the constraint that no pool
-    member is above ``family_target``, within a factor ``balance_spread`` of ``lam``
-    (``harden.adversary.Balance``); 0 keeps it fixed.
+    member is above ``family_target``, between ``lam / balance_spread`` and
+    ``lam * balance_ceiling`` (``harden.adversary.Balance``); 0 keeps it fixed.
     """
 
     steps: int = 600
@@ -92,6 +92,7 @@ class HardenSettings:
     distill_temperature: float = 4.0
     balance_rate: float = 0.0
     balance_spread: float = 10.0
+    balance_ceiling: float = 10.0
     extra_steps: int | None = None
     check_every: int = 50
     check_budget: int = 20_000
@@ -133,6 +134,7 @@ class HardenSettings:
         _check_finite(self.distill, "distill", at_least=0.0)
         _check_finite(self.balance_rate, "balance_rate", at_least=0.0)
         _check_finite(self.balance_spread, "balance_spread", at_least=1.0)
+        _check_finite(self.balance_ceiling, "balance_ceiling", at_least=1.0)
         _check_finite(self.family_target, "family_target")
         extra = self.extra_steps
         if extra is not None and (not isinstance(extra, int) or isinstance(extra, bool) or extra < 0):
@@ -373,7 +375,8 @@ def harden(
     check_labels_fit(trained, train=train, test=test)
     pool = PoolSettings(cfg.pool_size, cfg.candidates, cfg.samples, cfg.temperature, cfg.adversary_lr,
                         cfg.refresh_every, cfg.archive_size)
-    balance = Balance(cfg.family_target, cfg.balance_rate, cfg.balance_spread) if cfg.balance_rate else None
+    balance = (Balance(cfg.family_target, cfg.balance_rate, cfg.balance_spread, cfg.balance_ceiling)
+               if cfg.balance_rate else None)
     worst = FamilyAdversary("adversary", family, oracle, pool, cfg.adversary_floor, balance=balance)
     adversaries: list[Adversary] = [worst]
     if deployment is not None:
