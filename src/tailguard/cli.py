@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -25,9 +24,10 @@ from rich.table import Table
 from rich.text import Text
 
 from . import __version__
-from .errors import BudgetError, InvalidArgumentError, TailguardError
+from .cli_support import bad_input_exits
+from .errors import BudgetError, InvalidArgumentError
 from .estimators.base import DifferentiableEstimator, available, build
-from .report.rows import estimate_rows, format_value
+from .report.rows import estimate_rows
 from .result import Estimate
 
 # plain (not rich) help: typer's rich help prints a stray "<bool>" beside every flag
@@ -39,22 +39,7 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 
-EXIT_BAD_INPUT = 2
 EXIT_UNRELIABLE = 3
-
-
-def _fail(exc: Exception) -> NoReturn:
-    Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/bold red] [red]{escape(str(exc))}[/red]")
-    raise typer.Exit(EXIT_BAD_INPUT)
-
-
-@contextmanager
-def _bad_input_exits() -> Iterator[None]:
-    """Turn tailguard's input errors into a one-line message and exit status 2."""
-    try:
-        yield
-    except TailguardError as exc:
-        _fail(exc)
 
 
 def _print_version(value: bool) -> None:
@@ -144,7 +129,7 @@ def estimate_command(
 
     given = {"method": method, "budget": budget, "seed": seed, "backend": backend}
     overrides = {k: v for k, v in given.items() if v is not None}
-    with _bad_input_exits():
+    with bad_input_exits():
         _check_overrides(method, budget)
         _check_folder(report, "--report")
         if backend is not None:
@@ -200,42 +185,13 @@ def demo_command(
     from . import demo
 
     console = Console()
-    with _bad_input_exits():
+    with bad_input_exits():
         if part in (DemoPart.estimate, DemoPart.all):
             demo.run(console)
         if part in (DemoPart.harden, DemoPart.all):
             from . import demo_harden
 
             demo_harden.run(out_dir=out, steps=steps, console=console)
-
-
-def _csv(text: str | None, convert: Callable[[str], Any], option: str) -> list[Any] | None:
-    """Parse a comma-separated option; None when the option was not given."""
-    if text is None:
-        return None
-    try:
-        return [convert(item.strip()) for item in text.split(",") if item.strip()]
-    except ValueError as exc:
-        raise InvalidArgumentError(f"{option} must be a comma-separated list, got {text!r}") from exc
-
-
-def _bench_summary(rows: list[dict[str, Any]]) -> Table:
-    table = Table(title="|log10 error| for 1e-13 <= p <= 1e-6; CI coverage over all runs")
-    columns = {
-        "method": "method",
-        "budget": "budget",
-        "completed": "runs",
-        "median_abs_log10_error": "median |err|",
-        "max_abs_log10_error": "max |err|",
-        "coverage": "coverage",
-        "median_model_calls": "calls",
-        "median_seconds": "seconds",
-    }
-    for name, header in columns.items():
-        table.add_column(header, justify="left" if name == "method" else "right")
-    for row in rows:
-        table.add_row(*(escape(format_value(row[name])) for name in columns))
-    return table
 
 
 class Suite(StrEnum):
@@ -272,127 +228,18 @@ def bench_command(
                                             "the enumerable models.")] = False,
 ) -> None:
     """Benchmark: estimators (and OpenTURNS) on cases with known answers, or harden and its baselines."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+    from . import cli_bench
 
     if suite is Suite.harden:
-        _bench_harden(quick, out)
-        return
-    if suite is Suite.lm:
-        _bench_lm(quick, out, real)
-        return
-    if suite in (Suite.stress, Suite.reliability):
-        _bench_suite(suite.value, quick, out)
-        return
-    if suite is Suite.scan:
-        _bench_scan(quick, out)
-        return
-
-    with _bad_input_exits():
-        from .bench import run_estimation_benchmark, summarise, write_report
-
-        preset = "quick" if quick else "full"
-        options = {
-            "methods": _csv(methods, str, "--methods"),
-            "budgets": _csv(budgets, int, "--budgets"),
-            "seeds": _csv(seeds, int, "--seeds"),
-        }
-        with Progress(
-            "[bold]bench", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), transient=True
-        ) as bar:
-            task = bar.add_task("bench", total=None)
-
-            def progress(record: dict[str, Any], done: int, total: int) -> None:
-                bar.update(task, completed=done, total=total)
-
-            records = run_estimation_benchmark(**options, backend=backend, progress=progress, preset=preset)
-        config = {"preset": preset, "backend": backend, **options}
-        paths = write_report(records, _scratch(out, quick), config=config)
-    Console().print(_bench_summary(summarise(records)))
-    Console().print(f"report: {', '.join(str(p) for p in paths.values())}")
-
-
-def _scratch(folder: Path, quick: bool) -> Path:
-    """Where a benchmark writes: a quick (smoke) run goes to FOLDER/quick, leaving the full results."""
-    if not quick:
-        return folder
-    Console().print(f"quick run: writing under {escape(str(folder / 'quick'))}")
-    return folder / "quick"
-
-
-def _bench_harden(quick: bool, out: Path) -> None:
-    """The hardening benchmark: every method on every task (quick: one task, few steps)."""
-    from .bench.harden_report import write_harden_report
-    from .bench.hardening import METHODS, TASKS, run_harden_benchmark
-    from .harden.judge import JudgeSettings
-
-    console = Console()
-    tasks, steps, budget = (["policy"], 60, 20_000) if quick else (list(TASKS), 600, 100_000)
-    judge = JudgeSettings(budget=budget, sampling_budget=10 * budget, attack_budget=budget)
-    with _bad_input_exits():
-        records = run_harden_benchmark(
-            tasks,
-            list(METHODS),
-            steps=steps,
-            judge_settings=judge,
-            progress=lambda message: console.print(f"[dim]{escape(message)}[/dim]"),
-        )
-        folder = _scratch(out / "harden", quick)
-        paths = write_harden_report(records, folder, {"steps": steps, "judge": judge.__dict__})
-    console.print(f"report: {', '.join(str(p) for p in paths.values())}")
-
-
-def _bench_suite(name: str, quick: bool, out: Path) -> None:
-    """The stress or reliability suite (quick: one seed at 1e4 calls, written under OUT/quick)."""
-    from .bench.suites import markdown, run_suite, write_suite_report
-
-    budgets, seeds = ((10_000,), (0,)) if quick else ((10_000, 100_000), tuple(range(5)))
-    folder = out / "quick" if quick else out
-    console = Console()
-    with _bad_input_exits():
-        records = run_suite(name, budgets=budgets, seeds=seeds,
-                            progress=lambda r, done, total: console.print(
-                                f"[dim]{done}/{total} {escape(r['method'])} {escape(r['case'])}[/dim]"))
-        config = {"budgets": list(budgets), "seeds": list(seeds)}
-        paths = write_suite_report(name, records, folder, config)
-    console.print(markdown(name, records, config))
-    console.print(f"report: {', '.join(str(p) for p in paths.values())}")
-
-
-def _bench_lm(quick: bool, out: Path, real: bool) -> None:
-    """Token estimators against exhaustive enumeration, or (real) SmolLM2 attacked and hardened."""
-    console = Console()
-
-    def say(message: str) -> None:
-        console.print(f"[dim]{escape(message)}[/dim]")
-
-    # a smoke run neither overwrites the full results nor meets the full run's checkpoints
-    folder = out / "lm" / "quick" if quick else out / "lm"
-    with _bad_input_exits():
-        if real:
-            from .bench.lm_real import RealRunSizes, run
-
-            run(folder, RealRunSizes.quick() if quick else RealRunSizes(), say=say)
-            console.print((folder / "real.md").read_text())
-            return
-        from .bench.lm_enum import run_benchmark
-
-        paths = run_benchmark(folder, quick, progress=say)
-    console.print(paths["markdown"].read_text())
-    console.print(f"report: {', '.join(str(p) for p in paths.values())}")
-
-
-def _bench_scan(quick: bool, out: Path) -> None:
-    """tg.scan beside Neural Cleanse and ABS on the trojan zoo (quick: 5 models), into OUT/scan."""
-    from .bench.scan import run
-    from .bench.trojan_zoo import default_cache_dir
-
-    console = Console()
-    folder = out / "scan" / "quick" if quick else out / "scan"
-    zoo = default_cache_dir() / "quick" if quick else default_cache_dir()
-    with _bad_input_exits():
-        paths = run(folder, zoo, quick=quick, progress=lambda m: console.print(f"[dim]{escape(m)}[/dim]"))
-    console.print(paths["markdown"].read_text())
-    console.print(f"report: {', '.join(str(p) for p in paths.values())}")
+        cli_bench.harden(quick, out)
+    elif suite is Suite.lm:
+        cli_bench.lm(quick, out, real)
+    elif suite in (Suite.stress, Suite.reliability):
+        cli_bench.suite(suite.value, quick, out)
+    elif suite is Suite.scan:
+        cli_bench.scan(quick, out)
+    else:
+        cli_bench.estimation(quick, backend, out, methods, budgets, seeds)
 
 
 def _task_builder(name: str) -> Callable[[], Any]:
@@ -430,7 +277,7 @@ def scan_command(
     from .scan.report import write_scan_report
 
     console = Console()
-    with _bad_input_exits():
+    with bad_input_exits():
         _check_folder(out, "--out")
         case = load_scan_case(config, trust_modules=trust_module or ())
         used_budget = case.options.budget if budget is None else budget
@@ -456,7 +303,7 @@ def attack_command(
     from .attack import attack, check_attack_arguments
 
     console = Console()
-    with _bad_input_exits():
+    with bad_input_exits():
         build_task = _task_builder(task)
         cfg = check_attack_arguments(budget, seed, {})
         _check_folder(out, "--out")
@@ -508,7 +355,7 @@ def harden_command(
 
     console = Console()
     settings = {"steps": steps, "checkpoint_every": checkpoint_every, "eval_every": max(steps // 4, 1)}
-    with _bad_input_exits():
+    with bad_input_exits():
         if config is not None:
             run = load_harden_run(config, trust_modules=trust_module or ())
             settings, seed = {**settings, **run.settings}, run.seed
