@@ -51,13 +51,23 @@ class Recognised(Spec):
         return f"Recognised({self.dist!r})"
 
 
-class Both(Spec):
-    """C and R: score = min(spec score, recogniser score), > 0 iff both are."""
+class _SpecInR(Spec):
+    """A user's spec C read together with the recogniser R (whose checks on outputs are C's)."""
 
     def __init__(self, spec: Spec, recognised: Recognised):
         self.spec = spec
         self.recognised = recognised
         self.continuous = spec.continuous
+
+    def check_output(self, y: Tensor) -> None:
+        self.spec.check_output(y)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.spec!r}, {self.recognised!r})"
+
+
+class Both(_SpecInR):
+    """C and R: score = min(spec score, recogniser score), > 0 iff both are."""
 
     def score(self, x: Tensor, y: Tensor) -> Tensor:
         s = self.spec.score(x, y).double()
@@ -68,12 +78,6 @@ class Both(Spec):
         soft = self.spec.soft(x, y, temperature).double()
         return soft + self.recognised.soft(x, y).to(soft.device)
 
-    def check_output(self, y: Tensor) -> None:
-        self.spec.check_output(y)
-
-    def __repr__(self) -> str:
-        return f"Both({self.spec!r}, {self.recognised!r})"
-
 
 class RecogniserOnly(nn.Module):
     """Stands in for the model where only the recogniser matters: one constant output per row."""
@@ -82,24 +86,13 @@ class RecogniserOnly(nn.Module):
         return torch.zeros(x.shape[0], 1)
 
 
-class Within(Spec):
+class Within(_SpecInR):
     """C for inputs in R, and -inf outside: splitting on it never leaves R (its levels are finite)."""
-
-    def __init__(self, spec: Spec, recognised: Recognised):
-        self.spec = spec
-        self.recognised = recognised
-        self.continuous = spec.continuous
 
     def score(self, x: Tensor, y: Tensor) -> Tensor:
         s = self.spec.score(x, y).double()
         inside = self.recognised.score(x, y).to(s.device) > 0
         return torch.where(inside, s, torch.full_like(s, -math.inf))
-
-    def check_output(self, y: Tensor) -> None:
-        self.spec.check_output(y)
-
-    def __repr__(self) -> str:
-        return f"Within({self.spec!r}, {self.recognised!r})"
 
 
 class Restricted(Distribution):
