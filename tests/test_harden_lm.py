@@ -1,5 +1,7 @@
 """``tg.harden`` on an LM policy against an LM adversary, on tiny random Llamas (no downloads)."""
 
+import json
+
 import pytest
 import torch
 
@@ -34,7 +36,7 @@ def run(adv=None, **kwargs):
                                **{**SETTINGS, **kwargs})
 
 
-def test_harden_lowers_the_held_out_mass_and_judges_with_a_fresh_adversary():
+def test_harden_lowers_the_held_out_mass_and_judges_with_a_fresh_adversary(tmp_path):
     pol, _, result = run()
     assert result.model is pol
     verdict = result.report.verdict
@@ -62,6 +64,9 @@ def test_harden_lowers_the_held_out_mass_and_judges_with_a_fresh_adversary():
     assert len(result.report.steps) == 12 and result.report.steps[0]["round"] == 1
     shown = result.report.markdown()
     assert "fresh adversary" in shown and "held-out ordinary" in shown
+    paths = result.report.save(tmp_path)
+    assert json.loads(paths["json"].read_text())["verdict"]["fresh_adversary"]["seed"] == fresh["seed"]
+    assert paths["markdown"].read_text() == shown and paths["plot"].is_file()
 
 
 def test_a_fresh_adversary_that_collapses_is_refused():
