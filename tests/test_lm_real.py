@@ -50,7 +50,8 @@ def test_the_pipeline_measures_before_and_after_and_writes_its_report(tmp_path, 
         assert r["adversary"]["messages"] == sizes.judge.messages
     assert "previous_adversary" in results["rounds"][1]
     fresh = results["verdict"]["fresh_adversary"]  # tg.harden's verdict, a fresh adversary against each
-    assert len(fresh["vs_original"]["history"]) == len(fresh["vs_hardened"]["history"]) == sizes.adversary.steps
+    for run in ("vs_original", "vs_hardened"):
+        assert len(fresh[run]["history"]) == sizes.adversary.steps
     assert results["verdict"]["held_out_ordinary"]["after"] == results["after"]["deployment D"]
     assert results["kl_first_token_on_deployment"]["mean"] >= 0.0
     saved = json.loads((tmp_path / "real.json").read_text())
