@@ -19,48 +19,22 @@ judged beside the blend and universal cells of the patch-size records.)
 import argparse
 import json
 import statistics
-import time
 from pathlib import Path
 
 import torch
+from cells import collect_cells, row
 
 from tailguard.bench import trojan_zoo as tz
-from tailguard.scan import TriggerSearch, blend_search, masked_search, patch_search, scan, universal_search
+from tailguard.scan import blend_search, masked_search, patch_search, universal_search
 from tailguard.scan.score import robust_z
 
 SIZES = (1, 2, 3, 4, 5)
-CALLS_PER_CELL = 12_000
 OUT = Path("benchmarks/scan/patch-sizes")
 
 
-def collect(zoo_seed: int, path: Path, searches: list[TriggerSearch]) -> None:
-    """Append one record per clean or patch-trojaned model that ``path`` does not hold yet."""
-    cache = tz.default_cache_dir(zoo_seed)
-    entries = tz.build_zoo(cache, seed=zoo_seed, progress=False)
-    images, labels = tz.scan_inputs(200, seed=0)
-    done = {json.loads(line)["model"] for line in path.read_text().splitlines()} if path.is_file() else set()
-    for entry in entries:
-        if entry.name in done or (entry.trojaned and entry.trigger_kind != "patch"):
-            continue
-        model = tz.load_zoo_model(entry, cache)
-        start = time.process_time()
-        rep = scan(model, images, labels, budget=CALLS_PER_CELL * 10 * len(searches), seed=0,
-                   searches=searches)
-        record = {
-            "model": entry.name, "trojaned": entry.trojaned, "target": entry.target,
-            "trigger": None if entry.trigger is None else entry.trigger.name,
-            "cpu_seconds": time.process_time() - start,
-            "cells": [{"class": c.target, "search": c.search, "log10_odds": c.log10_odds, "z": c.z}
-                      for c in rep.cells],
-        }
-        with path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
-        print(entry.name, f"{record['cpu_seconds']:.0f} CPU s", flush=True)
-
-
-def _row(record: dict, search: str, key: str) -> list[float]:
-    cells = sorted((c for c in record["cells"] if c["search"] == search), key=lambda c: c["class"])
-    return [c[key] for c in cells]
+def patch_or_clean(entry: tz.ZooEntry) -> bool:
+    """The models this study scans: the clean and the patch-trojaned ones."""
+    return not entry.trojaned or entry.trigger_kind == "patch"
 
 
 def _smallest_size(odds_by_size: list[float], sizes: tuple[int, ...], level: float) -> float:
@@ -76,14 +50,14 @@ def _smallest_size(odds_by_size: list[float], sizes: tuple[int, ...], level: flo
 
 def variants(record: dict) -> dict[str, float]:
     """The model's score under alternative uses of the same cells (larger = more suspect)."""
-    z = {c: _row(record, c, "z") for c in {c["search"] for c in record["cells"]}}
+    z = {c: row(record, c, "z") for c in {c["search"] for c in record["cells"]}}
     others = ["blend 0.2", "universal linf 0.1"]
 
     def largest(searches: list[str]) -> float:
         return max(max(z[s]) for s in searches)
 
     ladder = (2, 3, 4, 5)
-    odds = [_row(record, f"patch {k}x{k}", "log10_odds") for k in ladder]
+    odds = [row(record, f"patch {k}x{k}", "log10_odds") for k in ladder]
     sizes = [_smallest_size(list(per_class), ladder, 1.0) for per_class in zip(*odds, strict=True)]
     size_z = robust_z([-v for v in sizes], 0.5)
     return {
@@ -107,7 +81,7 @@ def summarise(path: Path) -> str:
     records = [json.loads(line) for line in path.read_text().splitlines()]
     clean = [r for r in records if not r["trojaned"]]
     trojans = [r for r in records if r["trojaned"]]
-    ceiling = max(max(_row(r, "patch 5x5", "log10_odds")) for r in records) - 0.01
+    ceiling = max(max(row(r, "patch 5x5", "log10_odds")) for r in records) - 0.01
     lines = [
         f"# Patch sizes on {path.stem}: {len(clean)} clean, {len(trojans)} patch-trojaned models",
         "",
@@ -121,9 +95,9 @@ def summarise(path: Path) -> str:
     ]
     for k in SIZES:
         name = f"patch {k}x{k}"
-        at_limit = [sum(v >= ceiling for v in _row(r, name, "log10_odds")) for r in clean]
-        top = [max(_row(r, name, "log10_odds")) for r in clean]
-        zmax = [max(_row(r, name, "z")) for r in clean]
+        at_limit = [sum(v >= ceiling for v in row(r, name, "log10_odds")) for r in clean]
+        top = [max(row(r, name, "log10_odds")) for r in clean]
+        zmax = [max(row(r, name, "z")) for r in clean]
         lines.append(f"| {k}x{k} | {sum(n > 0 for n in at_limit)} / {len(clean)} | "
                      f"{statistics.median(at_limit):g} | {statistics.median(top):.2f} | "
                      f"{statistics.median(zmax):.2f} | {max(zmax):.2f} |")
@@ -134,7 +108,7 @@ def summarise(path: Path) -> str:
     for r in trojans:
         cells = []
         for k in SIZES:
-            odds, z = _row(r, f"patch {k}x{k}", "log10_odds"), _row(r, f"patch {k}x{k}", "z")
+            odds, z = row(r, f"patch {k}x{k}", "log10_odds"), row(r, f"patch {k}x{k}", "z")
             t = r["target"]
             rank = 1 + sum(v > odds[t] for v in odds)
             cells.append(f"{odds[t]:.2f} (#{rank}, {z[t]:.1f})")
@@ -168,7 +142,7 @@ def summarise_masks(path: Path, sizes_path: Path) -> str:
     for search in ["patch 3x3", *searches]:
         def score(m: str, search: str = search) -> float:
             source = masks[m] if search in searches else sizes[m]
-            return max(max(_row(source, search, "z")), *(max(_row(sizes[m], o, "z")) for o in others))
+            return max(max(row(source, search, "z")), *(max(row(sizes[m], o, "z")) for o in others))
         negative, positive = [score(m) for m in clean], [score(m) for m in trojans]
         lines.append(f"| {search} | {auroc(positive, negative):.3f} | {max(negative):.2f} | "
                      + " ".join(f"{v:.1f}" for v in positive) + " |")
@@ -187,14 +161,15 @@ if __name__ == "__main__":
     records = OUT / f"zoo-seed{args.zoo_seed}.jsonl"
     if args.areas is None:
         if not args.summarise:
-            collect(args.zoo_seed, records,
-                    [*(patch_search(k) for k in SIZES), blend_search(0.2), universal_search(0.1)])
+            collect_cells(args.zoo_seed, records,
+                          [*(patch_search(k) for k in SIZES), blend_search(0.2), universal_search(0.1)],
+                          patch_or_clean)
         summary = summarise(records)
         target = records.with_suffix(".md")
     else:
         masked = OUT / f"masks-zoo-seed{args.zoo_seed}.jsonl"
         if not args.summarise:
-            collect(args.zoo_seed, masked, [masked_search(a) for a in args.areas])
+            collect_cells(args.zoo_seed, masked, [masked_search(a) for a in args.areas], patch_or_clean)
         summary = summarise_masks(masked, records)
         target = masked.with_suffix(".md")
     target.write_text(summary)

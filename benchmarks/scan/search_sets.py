@@ -15,51 +15,18 @@ Usage: OMP_NUM_THREADS=1 python benchmarks/scan/search_sets.py [--zoo-seed S] [-
 
 import argparse
 import json
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from cells import collect_cells, row
 
-from tailguard.bench import trojan_zoo as tz
 from tailguard.bench.scan import auroc, interleaved
-from tailguard.scan import blend_search, masked_search, patch_search, scan, universal_search, windowed_search
+from tailguard.scan import blend_search, masked_search, patch_search, universal_search, windowed_search
 
-CALLS_PER_CELL = 12_000
 OUT = Path("benchmarks/scan/search-sets")
 SEARCHES = [patch_search(3), windowed_search(9, 5), windowed_search(9, 4), masked_search(9),
             blend_search(0.2), universal_search(0.1)]
-
-
-def collect(zoo_seed: int, path: Path) -> None:
-    """Append one record per clean, patch- or warp-trojaned model that ``path`` does not hold yet."""
-    cache = tz.default_cache_dir(zoo_seed)
-    entries = tz.build_zoo(cache, seed=zoo_seed, progress=False)
-    images, labels = tz.scan_inputs(200, seed=0)
-    done = {json.loads(line)["model"] for line in path.read_text().splitlines()} if path.is_file() else set()
-    for entry in interleaved(entries):
-        if entry.name in done or entry.trigger_kind == "blend":
-            continue
-        model = tz.load_zoo_model(entry, cache)
-        start = time.process_time()
-        rep = scan(model, images, labels, budget=CALLS_PER_CELL * 10 * len(SEARCHES), seed=0,
-                   searches=SEARCHES)
-        record = {
-            "model": entry.name, "arch": entry.arch, "trojaned": entry.trojaned,
-            "kind": entry.trigger_kind, "target": entry.target,
-            "cpu_seconds": time.process_time() - start,
-            "cells": [{"class": c.target, "search": c.search, "log10_odds": c.log10_odds, "z": c.z,
-                       "log10_p": c.estimate.log10_p, "ci_log10": list(c.estimate.ci_log10),
-                       "n": c.estimate.n_model_calls} for c in rep.cells],
-        }
-        with path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
-        print(entry.name, f"{record['cpu_seconds']:.0f} CPU s", flush=True)
-
-
-def row(record: dict, search: str, key: str) -> list[float]:
-    cells = sorted((c for c in record["cells"] if c["search"] == search), key=lambda c: c["class"])
-    return [c[key] for c in cells]
 
 
 def largest_z(searches: list[str]) -> Callable[[dict], tuple[float, int]]:
@@ -122,7 +89,8 @@ if __name__ == "__main__":
     OUT.mkdir(parents=True, exist_ok=True)
     records = OUT / f"zoo-seed{args.zoo_seed}.jsonl"
     if not args.summarise:
-        collect(args.zoo_seed, records)
+        collect_cells(args.zoo_seed, records, SEARCHES, keep=lambda e: e.trigger_kind != "blend",
+                      order=interleaved)
     summary = summarise(records)
     records.with_suffix(".md").write_text(summary)
     print(summary)
