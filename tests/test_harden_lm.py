@@ -61,6 +61,9 @@ def test_harden_lowers_the_held_out_mass_and_judges_with_a_fresh_adversary(tmp_p
         10 ** (fresh["vs_original"]["log10"] - fresh["vs_hardened"]["log10"]))
     assert set(verdict["side_by_side"]) == {"deployment", "adversary_vs_hardened"}
     assert [row["round"] for row in result.report.evals] == [1]
+    # every message through the policy is counted: at least the held-out set before and after, and the
+    # 12 training steps' batches
+    assert result.report.model_calls >= 2 * 48 + 12
     assert len(result.report.steps) == 12 and result.report.steps[0]["round"] == 1
     shown = result.report.markdown()
     assert "fresh adversary" in shown and "held-out ordinary" in shown

@@ -30,7 +30,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -488,19 +489,37 @@ def harden_language_model(model: Any, train: Any, spec: Any, family: Any, seed: 
         written_before.append(x)
         evals.append(row)
 
-    played = play_rounds(policy, writer, ordinary, spec, cfg.rounds, cfg.pool, cfg.policy, cfg.adversary,
-                         seed, folder, _printer() if progress else None, evaluate)
-    steps = [{"round": r.number, **row} for r in played for row in r.policy.history]
-    last = [10.0 ** h["ordinary_log10_p"] for h in played[-1].policy.history[-4:]]
-    training_side = {"deployment": math.log10(max(sum(last) / len(last), 1e-300)),
-                     "adversary_vs_hardened": evals[-1]["adversary"]["log10"]}
     from ..harden.lm_judge import lm_verdict  # the judge builds on this module
 
-    verdict = lm_verdict(policy, spec, writer, held_out, training_side, cfg.judge, cfg.adversary, seed,
-                         folder)
+    with counting_rows(policy) as calls:
+        played = play_rounds(policy, writer, ordinary, spec, cfg.rounds, cfg.pool, cfg.policy, cfg.adversary,
+                             seed, folder, _printer() if progress else None, evaluate)
+        steps = [{"round": r.number, **row} for r in played for row in r.policy.history]
+        last = [10.0 ** h["ordinary_log10_p"] for h in played[-1].policy.history[-4:]]
+        training_side = {"deployment": math.log10(max(sum(last) / len(last), 1e-300)),
+                         "adversary_vs_hardened": evals[-1]["adversary"]["log10"]}
+        verdict = lm_verdict(policy, spec, writer, held_out, training_side, cfg.judge, cfg.adversary, seed,
+                             folder)
     report = LMHardenReport(settings=asdict(cfg), constraint=describe_writer(writer), seed=seed, steps=steps,
-                            evals=evals, seconds=time.perf_counter() - started, verdict=verdict)
+                            evals=evals, seconds=time.perf_counter() - started, verdict=verdict,
+                            model_calls=calls[0])
     return TrainerResult(model=policy, report=report)
+
+
+@contextmanager
+def counting_rows(module: nn.Module) -> Iterator[list[int]]:
+    """Count the rows (messages) pushed through ``module`` while the block runs: ``[count]``."""
+    count = [0]
+
+    def add(_: nn.Module, args: tuple[Any, ...]) -> None:
+        if args and isinstance(args[0], Tensor):
+            count[0] += int(args[0].shape[0])
+
+    handle = module.register_forward_pre_hook(add)
+    try:
+        yield count
+    finally:
+        handle.remove()
 
 
 def describe_writer(writer: LMDistribution) -> str:
@@ -519,7 +538,8 @@ def _printer() -> Progress:
 class LMHardenReport(HardenReport):
     """The report of an LM run: ``steps`` the policy's (with their ``round``), ``evals`` one row per round
     (the re-trained adversary's success against it), ``verdict`` from ``harden.lm_judge.lm_verdict``.
-    ``model_calls`` is not counted on this path (0)."""
+    ``model_calls``: messages pushed through the policy by this process (training, the adversaries'
+    rewards, the verdict); a resumed run counts only what it computed after its checkpoints."""
 
     def markdown(self) -> str:
         lines = [f"Adversary: {self.constraint}", "",
