@@ -15,8 +15,8 @@ from tailguard.lm import (
     train_adversary,
 )
 from tailguard.lm.adversary import leave_one_out
-from tailguard.lm.harden import first_token_kl
 from tailguard.lm.hf import NextTokenLogits
+from tailguard.lm.measure import first_token_kl
 from tailguard.lm.proposal import forbidden_mass
 from tailguard.lm.training import adapters_off
 

@@ -25,7 +25,7 @@ step saw (so before and after are paired):
    measuring its success; then the library's independent verdict (``harden.lm_judge``):
    P_D on the held-out D messages, and a fresh adversary trained from its starting
    weights against the original and against the hardened policy;
-4. every probability again (``lm.harden.policy_report``: adapters off against on,
+4. every probability again (``lm.measure.policy_report``: adapters off against on,
    same messages), and the same importance-sampling estimate of P_D on the same draws.
 
 Training curves go to real.png.
@@ -45,9 +45,11 @@ import torch
 import tailguard as tg
 
 from ..errors import InvalidArgumentError
+from ..harden.lm_judge import LMJudgeSettings
 from ..lm import NextTokenIn, chat_policy, load_smollm2
 from ..lm.adversary import AdversarySettings, train_adversary
-from ..lm.harden import LMJudgeSettings, PolicySettings, policy_report
+from ..lm.harden import PolicySettings
+from ..lm.measure import policy_report
 from ..lm.proposal import expected_forbidden_mass
 from ..lm.training import trainable
 

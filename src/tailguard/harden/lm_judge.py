@@ -34,8 +34,9 @@ from torch import Tensor, nn
 
 from ..dists.lm import LMDistribution
 from ..lm.adversary import AdversarySettings, train_adversary
-from ..lm.harden import LMJudgeSettings, mass_on, message_row, policy_report
+from ..lm.harden import LMJudgeSettings
 from ..lm.hf import NextTokenLogits
+from ..lm.measure import mass_on, message_row, policy_report
 from ..lm.training import adapters_off, reset_adapters
 from ..specs import Spec
 

@@ -2,17 +2,9 @@
 
 from .adversary import AdversaryResult, AdversarySettings, LMAdversary, train_adversary
 from .forecast import forecast_log_p, forecast_worst_query_risk
-from .harden import (
-    HardenResult,
-    LMPolicy,
-    PolicyReport,
-    PolicySettings,
-    Round,
-    harden_policy,
-    play_rounds,
-    policy_report,
-)
+from .harden import HardenResult, LMPolicy, PolicySettings, Round, harden_policy, play_rounds
 from .hf import NextTokenLogits, ReplyLogProb, chat_policy, chat_template_parts
+from .measure import PolicyReport, policy_report
 from .prompts import chat_prompt
 from .smollm2 import load_smollm2
 from .specs import CheckerFlags, ContinuationMatches, JudgeAbove, NextTokenIn, SampledTokenIn, lm_verdict

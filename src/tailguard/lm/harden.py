@@ -15,10 +15,8 @@ answer ordinary messages as the original did. The log of the mean (not the mean)
 keeps the gradient alive as the mass falls by orders of magnitude; the floor stops
 pushing where nothing more can be measured.
 
-``policy_report`` says what hardening did, before (adapters off) against after, on
-fixed message sets that training never saw, paired so that the ratio is not
-sampling noise: the forbidden mass on each set with a 95 % CI, and the first-token
-KL on held-out ordinary messages (what the hardening cost).
+What hardening did is measured on fixed messages training never saw, before
+(adapters off) against after (``lm.measure.policy_report``).
 
 ``tg.harden`` on an LM policy and an LM adversary comes here
 (``harden_language_model``): rounds of the game (``play_rounds``: the policy
@@ -40,7 +38,6 @@ import torch
 from torch import Tensor, nn
 from typing_extensions import TypeIs
 
-from .._logspace import normal_log_ci, to_log10
 from ..attack import check_positive_int
 from ..dists.lm import LMDistribution, check_token_ids, vocab_size
 from ..errors import InvalidArgumentError, ShapeMismatchError
@@ -54,21 +51,20 @@ from ..harden.trainer import HardenResult as TrainerResult
 from ..harden.trainer import reject_unknown_settings
 from ..oracle import ScoreOracle
 from ..report.plots import EstimatePlot, figure
-from ..result import Estimate
 from ..specs import Spec
 from .adversary import (
     AdversaryResult,
     AdversarySettings,
-    catastrophe_mass,
     train_adversary,
     writer_with_adapters,
 )
 from .hf import NextTokenLogits
+from .measure import mass_on, message_row
 from .training import Progress, TrainingSettings, adapters_off, run_config, trainable, with_adapters
 
-__all__ = ["HardenResult", "LMHardenReport", "LMHardenSettings", "LMPolicy", "PolicyReport", "PolicySettings",
-           "Round", "first_token_kl", "harden_language_model", "harden_policy", "mass_on", "play_rounds",
-           "plays_language_model", "policy_report"]
+__all__ = ["HardenResult", "LMHardenReport", "LMHardenSettings", "LMJudgeSettings", "LMPolicy",
+           "PolicySettings", "Round", "harden_language_model", "harden_policy", "play_rounds",
+           "plays_language_model"]
 
 #: held-out ordinary messages are drawn, and the rounds measured, with seeds offset by this
 HELD_OUT_SEED_OFFSET = 7919
@@ -214,103 +210,6 @@ def play_rounds(policy: NextTokenLogits, adversary: LMDistribution, ordinary: Te
 
 def _inside(folder: Path | None, name: str) -> Path | None:
     return None if folder is None else folder / name
-
-
-def first_token_kl(policy: NextTokenLogits, messages: Tensor, batch: int = 32) -> Tensor:
-    """KL(original || trained) (n,) of the first reply token on each message (n, length), in nats."""
-    parts = []
-    for i in range(0, messages.shape[0], batch):
-        x = messages[i : i + batch]
-        with adapters_off(policy.lm):
-            reference = torch.log_softmax(policy(x).double(), -1)
-        with torch.no_grad():
-            new = torch.log_softmax(policy(x).double(), -1)
-        parts.append((reference.exp() * (reference - new)).sum(1))
-    return torch.cat(parts)
-
-
-def mass_on(policy: nn.Module, messages: Tensor, spec: Spec, confidence: float = 0.95,
-            batch: int = 32) -> Estimate:
-    """The mean catastrophe mass pi over fixed messages (n, length) as an Estimate (normal CI on the mean).
-
-    Each message's pi is exact, so the CI covers only which messages were drawn.
-    """
-    start = time.perf_counter()
-    with torch.no_grad():
-        pi = torch.cat([catastrophe_mass(policy, spec, messages[i : i + batch])
-                        for i in range(0, messages.shape[0], batch)])
-    mean = float(pi.mean())
-    n = pi.numel()
-    if mean > 0:
-        rel_se = float(pi.std()) / math.sqrt(n) / mean if n > 1 else math.inf
-        low, high = normal_log_ci(math.log(mean), rel_se, confidence)
-    else:
-        low = high = -math.inf
-    return Estimate(
-        log10_p=to_log10(math.log(mean)) if mean > 0 else -math.inf, ci_log10=(to_log10(low), to_log10(high)),
-        n_model_calls=n, method="fixed-messages", seconds=time.perf_counter() - start, confidence=confidence,
-        diagnostics={"messages": n, "distinct": int(torch.unique(messages, dim=0).shape[0]), "mean": mean,
-                     "max_forbidden_mass": float(pi.max())},
-    )
-
-
-def message_row(e: Estimate) -> dict[str, Any]:
-    """A ``mass_on`` estimate as report data: messages, distinct, mean, log10, ci_log10."""
-    return {"messages": e.diagnostics["messages"], "distinct": e.diagnostics["distinct"],
-            "mean": e.diagnostics["mean"], "log10": e.log10_p, "ci_log10": list(e.ci_log10)}
-
-
-@dataclass(frozen=True)
-class PolicyReport:
-    """Forbidden mass per named message set, before and after hardening, and the KL it cost."""
-
-    before: dict[str, Estimate]
-    after: dict[str, Estimate]
-    kl_mean: float
-    kl_max: float
-    kl_messages: int
-
-    def lowered_by(self, name: str) -> float:
-        """How many times lower the mass on message set ``name`` is after hardening."""
-        return float(10.0 ** (self.before[name].log10_p - self.after[name].log10_p))
-
-    def __str__(self) -> str:
-        """A table to read: one line per message set (before, after, factor), then the KL it cost."""
-        width = max(len(name) for name in self.before)
-        lines = [f"{'message set':<{width}}  log10 mass before -> after  (lowered by)"]
-        for name, before in self.before.items():
-            after = self.after[name]
-            factor = self.lowered_by(name)
-            shown = f"{factor:.3g}x" if math.isfinite(factor) else "all of it"
-            counts = f"{before.diagnostics['messages']} messages, {before.diagnostics['distinct']} distinct"
-            change = f"{before.log10_p:8.2f} -> {after.log10_p:8.2f}"
-            lines.append(f"{name:<{width}}  {change}  ({shown}; {counts})")
-        lines.append(f"first-token KL on {self.kl_messages} held-out ordinary messages: "
-                     f"mean {self.kl_mean:.3g} nats, max {self.kl_max:.3g}")
-        return "\n".join(lines)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"before": {k: message_row(e) for k, e in self.before.items()},
-                "after": {k: message_row(e) for k, e in self.after.items()},
-                "kl_first_token": {"mean": self.kl_mean, "max": self.kl_max, "messages": self.kl_messages}}
-
-
-def policy_report(policy: NextTokenLogits, messages: dict[str, Tensor], spec: Spec,
-                  held_out_ordinary: Tensor) -> PolicyReport:
-    """Before (adapters off) and after (as trained) on each message set, and the KL on ordinary messages.
-
-    messages: name -> message ids (n, length), none of them used in training;
-    held_out_ordinary: ordinary messages (n, length) from D that training never saw.
-    """
-    if not isinstance(spec, Spec):
-        raise InvalidArgumentError(f"spec must be a tailguard spec, got {type(spec).__name__}")
-    if not messages:
-        raise InvalidArgumentError("messages must name at least one message set")
-    with adapters_off(policy.lm):
-        before = {name: mass_on(policy, x, spec) for name, x in messages.items()}
-    after = {name: mass_on(policy, x, spec) for name, x in messages.items()}
-    kl = first_token_kl(policy, held_out_ordinary)
-    return PolicyReport(before, after, float(kl.mean()), float(kl.max()), kl.numel())
 
 
 @dataclass(frozen=True)
