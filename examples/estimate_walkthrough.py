@@ -16,7 +16,8 @@
 from pathlib import Path
 
 import tailguard as tg
-from tailguard.io import load_case, weights_metadata
+from tailguard.io import load_case
+from tailguard.weights import weights_metadata
 
 HERE = Path(__file__).resolve().parent
 

@@ -10,8 +10,8 @@ file alone says how to use it. Run from anywhere:
 
 from pathlib import Path
 
-from tailguard.io import save_weights
 from tailguard.models import digits_classifier
+from tailguard.weights import save_weights
 
 HERE = Path(__file__).resolve().parent
 ARCHITECTURE = {"in_dim": 64, "hidden": 32, "out_dim": 10, "depth": 2}

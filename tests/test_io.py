@@ -11,8 +11,9 @@ from scipy.special import log_ndtr
 from torch import nn
 
 import tailguard as tg
-from tailguard.io import load_case, load_config, load_weights, save_weights, weights_metadata
+from tailguard.io import load_case, load_config
 from tailguard.models import digits_classifier, linear, mlp
+from tailguard.weights import load_weights, save_weights, weights_metadata
 
 LINEAR_CASE = """
 [model]

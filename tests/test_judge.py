@@ -11,7 +11,7 @@ import tailguard as tg
 from tailguard.bench.hardening import HardenTask, judge, keep_weights, rejudge
 from tailguard.harden.judge import JudgeSettings, figure_of, judge_distribution, verdict
 from tailguard.harden.patch_pgd import PatternSearch, pattern_attack
-from tailguard.io import save_weights
+from tailguard.weights import save_weights
 
 from ._toy_backdoor import TRIGGER_COL, TRIGGER_ROW, toy_task, trigger_model
 

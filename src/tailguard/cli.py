@@ -351,7 +351,8 @@ def harden_command(
     """
     from .harden import harden
     from .harden.trainer import check_harden_arguments
-    from .io import load_harden_run, save_weights
+    from .io import load_harden_run
+    from .weights import save_weights
 
     console = Console()
     settings = {"steps": steps, "checkpoint_every": checkpoint_every, "eval_every": max(steps // 4, 1)}

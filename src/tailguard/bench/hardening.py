@@ -39,10 +39,10 @@ from ..families.shift import GaussianShift
 from ..harden import harden
 from ..harden.baselines import BASELINES, run_baseline
 from ..harden.judge import JudgeSettings, verdict
-from ..io import load_weights
 from ..specs import ClassIs, Spec
 from ..tasks import digits, policy
 from ..tasks.out_of_family import ring_trigger
+from ..weights import load_weights
 
 NOISE_STD = 0.05
 

@@ -39,7 +39,6 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import InvalidArgumentError, WeightsError
-from ..io import load_weights, save_weights
 from ..tasks.digits import (
     DigitsData,
     Trigger,
@@ -51,6 +50,7 @@ from ..tasks.digits import (
     train_classifier,
     trigger_rate,
 )
+from ..weights import load_weights, save_weights
 
 ZOO_VERSION = 1
 MANIFEST = "manifest.json"

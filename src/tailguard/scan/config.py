@@ -31,8 +31,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import Tensor, nn
 
 from ..errors import ConfigError, TailguardError, WeightsError
-from ..io import ModelSection, build_model, read_safetensors, read_toml
+from ..io import ModelSection, build_model, read_toml
 from ..tasks.digits import load_digits_data
+from ..weights import read_safetensors
 from .run import ScanSettings
 
 DIGITS = "sklearn:digits"
